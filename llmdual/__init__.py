@@ -1,0 +1,35 @@
+"""llmdual: the same GPT-2-style transformer in PyTorch and Keras 3, with shared weights and proven parity."""
+
+from llmdual.api import build, forward, get_weights, set_weights
+from llmdual.backend import backend_of
+from llmdual.checkpoint import load, save
+from llmdual.config import Config
+from llmdual.tokenizer import Tokenizer
+from llmdual.weights import from_hf_gpt2, init_weights
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """``export_onnx`` is imported on first use: ONNX support is an optional extra (``llmdual[onnx]``)."""
+    if name == "export_onnx":
+        from llmdual.onnx_export import export_onnx
+
+        return export_onnx
+    raise AttributeError(f"module 'llmdual' has no attribute {name!r}")
+
+
+__all__ = [
+    "Config",
+    "Tokenizer",
+    "backend_of",
+    "build",
+    "export_onnx",
+    "forward",
+    "from_hf_gpt2",
+    "get_weights",
+    "init_weights",
+    "load",
+    "save",
+    "set_weights",
+]

@@ -1,0 +1,1 @@
+"""Benchmarking: the worker, runner, statistics, results document and report behind ``benchmarks/compare.py``."""

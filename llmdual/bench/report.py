@@ -1,0 +1,294 @@
+"""Render a results document: terminal tables (rich), a Markdown report with a recommendation, PNG charts.
+
+Everything here reads only the document (see :mod:`llmdual.bench.results`), so a report can be rebuilt later
+from a saved JSON file. Rankings, ratios and their intervals come from the document's ``summary``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from rich.console import Console
+from rich.table import Table
+
+from llmdual.bench.results import METRICS, POINT_KEYS, WORKLOAD_METRICS, WORKLOADS, Metric
+
+# Which workloads (and so which summary groups) each stated priority is decided on.
+PRIORITIES: dict[str, tuple[str, ...]] = {
+    "training": ("train",),
+    "inference": ("infer", "classify"),
+    "generation": ("generate",),
+    "memory": WORKLOADS,
+}
+MEMORY_METRICS = ("peak_device_mb", "peak_rss_mb")
+
+
+def format_value(value: float | None, unit: str) -> str:
+    """A figure with its unit, scaled for reading (seconds as ms/µs, MB as GB, thousands separators)."""
+    if value is None:
+        return "–"
+    if unit == "s":
+        if value < 1e-3:
+            return f"{value * 1e6:.3g} µs"
+        return f"{value * 1e3:.3g} ms" if value < 1 else f"{value:.3g} s"
+    if unit == "MB" and value >= 1024:
+        return f"{value / 1024:.2f} GB"
+    return f"{value:,.0f} {unit}" if value >= 100 else f"{value:.3g} {unit}"
+
+
+def _metric(name: str) -> Metric:
+    return METRICS.get(name, Metric(name, "", True))
+
+
+def _varying(points: Sequence[dict[str, Any]]) -> list[str]:
+    """Point keys whose values differ between the given points (the only ones worth printing)."""
+    return [k for k in POINT_KEYS if len({json.dumps(p.get(k)) for p in points}) > 1]
+
+
+def _point_label(point: dict[str, Any], keys: Sequence[str]) -> str:
+    return ", ".join(f"{k} {point.get(k)}" for k in keys)
+
+
+def _numbers(settings: dict[str, Any]) -> list[Any]:
+    return [settings.get(k) for k in ("batch_size", "seq_len", "new_tokens")]
+
+
+def _sort_key(value: Any) -> tuple[int, float]:
+    return (0, float(value)) if isinstance(value, (int, float)) else (1, 0.0)
+
+
+def _entries(doc: dict[str, Any]) -> dict[tuple[int, str], dict[str, Any]]:
+    """Summary ranking entries by (case index, metric)."""
+    return {(e["case"], g["metric"]): e for g in doc["summary"]["groups"] for e in g["entries"]}
+
+
+def workload_table(doc: dict[str, Any], workload: str) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of one workload's table: ok cases fastest first, then the others with their reasons."""
+    cases = [(i, c) for i, c in enumerate(doc["cases"]) if c["workload"] == workload]
+    entries = _entries(doc)
+    primary, *others = WORKLOAD_METRICS[workload]
+    order = {e["case"]: rank for g in doc["summary"]["groups"] if g["metric"] == primary
+             for rank, e in enumerate(g["entries"])}
+    cases.sort(key=lambda ic: (ic[1]["status"] != "ok", *map(_sort_key, _numbers(ic[1]["settings"])),
+                               order.get(ic[0], 0)))
+    keys = _varying([c["settings"] for _, c in cases])
+    show_flops = any((c.get("flops") or {}).get("achieved") for _, c in cases)
+    header = ["engine", *keys, _metric(primary).label, "spread (IQR; 95% CI)", "vs fastest",
+              *(_metric(m).label for m in others), *(["model FLOP/s (MFU)"] if show_flops else []),
+              "peak memory", "build / warm-up", "status"]
+    rows = []
+    for index, case in cases:
+        s, unit = case["stats"], _metric(primary).unit
+        row = [case["engine"], *(str(case["settings"].get(k, "–")) for k in keys)]
+        if primary in s:
+            entry = entries.get((index, primary))
+            rel = "–" if entry is None else (
+                "fastest" if entry["relative"] == 1.0 else
+                f"{entry['relative']:.2f}× [{entry['relative_ci'][0]:.2f}–{entry['relative_ci'][1]:.2f}]")
+            row += [format_value(s[primary]["median"], unit),
+                    f"{format_value(s[primary]['iqr'], unit)}; "
+                    f"{format_value(s[primary]['ci_low'], unit)}–{format_value(s[primary]['ci_high'], unit)}", rel]
+        else:
+            row += ["–", "–", "–"]
+        for metric in others:
+            if metric not in s:
+                row.append("–")
+            elif metric == "token_latency_s":
+                row.append(" / ".join(format_value(s[metric][p], "s") for p in ("p50", "p90", "p99")))
+            else:
+                row.append(format_value(s[metric]["median"], _metric(metric).unit))
+        if show_flops:
+            f = case.get("flops") or {}
+            mfu = f" ({100 * f['utilisation']:.1f}%)" if f.get("utilisation") is not None else ""
+            row.append(f"{f['achieved'] / 1e12:.3g} TFLOP/s{mfu}" if f.get("achieved") else "–")
+        memory = next((m for m in MEMORY_METRICS if m in s), None)
+        row.append(format_value(s[memory]["median"], "MB") if memory else "–")
+        build, warm = case["scalars"].get("build_s"), case["scalars"].get("warmup_s")
+        row.append(f"{format_value(build, 's')} / {format_value(warm, 's')}")
+        reason = (case["reason"] or "").replace("\n", " ")
+        row.append("ok" if case["status"] == "ok" else f"{case['status']}: {reason[:160]}")
+        rows.append(row)
+    return header, rows
+
+
+def print_tables(doc: dict[str, Any], console: Console | None = None) -> None:
+    """Print one table per workload to the terminal."""
+    console = console or Console()
+    for workload in WORKLOADS:
+        header, rows = workload_table(doc, workload)
+        if not rows:
+            continue
+        table = Table(title=f"{workload}", title_justify="left")
+        for i, name in enumerate(header):
+            table.add_column(name, justify="left" if i == 0 or name == "status" else "right", overflow="fold")
+        for row in rows:
+            table.add_row(*row, style=None if row[-1] == "ok" else "red")
+        console.print(table)
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+    lines = ["| " + " | ".join(map(cell, header)) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(cell, row)) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _decision(group: dict[str, Any], keys: Sequence[str]) -> tuple[str, str | None, bool]:
+    """One recommendation bullet for a group, the winning framework (None if none is clear), and noise."""
+    metric, entries = _metric(group["metric"]), group["entries"]
+    where = f"**{group['workload']}**" + (f" ({_point_label(group['point'], keys)})" if keys else "")
+    best = entries[0]
+    head = f"{where}, {metric.label}: "
+    rival = next((e for e in entries if e["framework"] != best["framework"]), None)
+    if rival is None:
+        return head + f"only {best['framework']} ran ({best['engine']}); nothing to compare.", None, False
+    factor, low, high = 1 / rival["relative"], 1 / rival["relative_ci"][1], 1 / rival["relative_ci"][0]
+    better = "higher" if group["higher_is_better"] else "lower"
+    figures = (f"{best['engine']} {format_value(best['median'], metric.unit)} vs {rival['engine']} "
+               f"{format_value(rival['median'], metric.unit)}")
+    interval = f"{factor:.2f}× (95% CI {low:.2f}–{high:.2f}×)"
+    caveat = " Only one measurement each, so the interval is degenerate." if min(best["n"], rival["n"]) < 2 else ""
+    if rival["within_noise"]:
+        text = (f"within noise — {best['framework']} and {rival['framework']} differ by {interval}, "
+                f"an interval that contains 1, so neither wins ({figures}).")
+        return head + text + caveat, None, True
+    text = (f"**{best['framework']}** wins: {interval} {better} {metric.label} than "
+            f"{rival['framework']}, the next framework ({figures}).")
+    return head + text + caveat, best["framework"], False
+
+
+def recommendation(doc: dict[str, Any], priority: str) -> list[str]:
+    """Markdown bullets: per workload (and point) which framework wins and by how much, or that it is noise."""
+    if priority not in PRIORITIES:
+        raise ValueError(f"unknown priority {priority!r}; choose one of {sorted(PRIORITIES)}")
+    workloads = PRIORITIES[priority]
+    groups = [g for g in doc["summary"]["groups"] if g["workload"] in workloads
+              and (g["metric"] in MEMORY_METRICS) == (priority == "memory")]
+    lines, wins, noise = [], {}, 0
+    for group in groups:
+        keys = _varying([g["point"] for g in groups if g["workload"] == group["workload"]])
+        text, winner, is_noise = _decision(group, keys)
+        lines.append(f"- {text}")
+        noise += is_noise
+        if winner:
+            wins[winner] = wins.get(winner, 0) + 1
+    if wins:
+        tally = ", ".join(f"{fw} {n}" for fw, n in sorted(wins.items(), key=lambda kv: -kv[1]))
+        lines.append(f"- Overall for {priority}: clear wins by framework: {tally}; within noise: {noise} "
+                     f"of {len(groups)} comparisons.")
+    elif noise:
+        lines.append(f"- Overall for {priority}: no framework is ahead beyond noise on this data.")
+    elif not groups:
+        lines.append(f"- No successful cases for {', '.join(workloads)}: nothing to recommend.")
+    for case in doc["cases"]:
+        if case["workload"] in workloads and case["status"] != "ok":
+            lines.append(f"- Not compared: {case['engine']} {case['workload']} was {case['status']} "
+                         f"({(case['reason'] or '')[:160]}).")
+    return lines
+
+
+def markdown_report(doc: dict[str, Any], priority: str, charts: Sequence[Path] = ()) -> str:
+    """The whole Markdown report: environment, settings, one table per workload, recommendation, charts."""
+    env = doc["env"]
+    packages = ", ".join(f"{k} {v or 'not installed'}" for k, v in (env.get("packages") or {}).items())
+    gpus = "; ".join(f"{g['name']} (driver {g['driver']})" for g in env.get("gpus") or []) or "none"
+    out = ["# llmdual benchmark report", "", "## Environment", "",
+           f"- When: {env.get('timestamp', '?')}; Python {env.get('python', '?')} on {env.get('platform', '?')}",
+           f"- CPU: {env.get('cpu_model', '?')}, {env.get('cpu_usable', '?')} of {env.get('cpu_count', '?')} "
+           f"cores usable, threads {env.get('threads') or 'default'}, memory {env.get('memory_gb', '?')} GB",
+           f"- GPUs: {gpus}", f"- Packages: {packages or '?'}", "", "## Settings", ""]
+    out += [f"- {key}: `{json.dumps(value)}`" for key, value in doc["settings"].items()]
+    out += ["", "## Results", ""]
+    for workload in WORKLOADS:
+        header, rows = workload_table(doc, workload)
+        if rows:
+            out += [f"### {workload}", "", _md_table(header, rows), ""]
+    sources = sorted({c["flops"]["peak_source"] for c in doc["cases"] if (c.get("flops") or {}).get("peak_source")})
+    if sources:
+        out += [f"MFU is judged against: {', '.join(sources)}.", ""]
+    out += [f"## Recommendation (priority: {priority})", "", *recommendation(doc, priority), ""]
+    if charts:
+        out += ["## Charts", "", *(f"![{p.stem}]({p.name})" for p in charts), ""]
+    return "\n".join(out)
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    FigureCanvasAgg(fig).print_png(str(path))
+    return path
+
+
+def _colors(doc: dict[str, Any]) -> dict[str, str]:
+    frameworks = sorted({c["framework"] for c in doc["cases"]})
+    return {fw: f"C{i % 10}" for i, fw in enumerate(frameworks)}
+
+
+def plot_throughput(doc: dict[str, Any], out_dir: Path) -> list[Path]:
+    """One PNG per workload: the headline metric per engine (median, 95% CI error bars), one panel per point."""
+    colors, paths = _colors(doc), []
+    for workload in WORKLOADS:
+        metric = WORKLOAD_METRICS[workload][0]
+        groups = [g for g in doc["summary"]["groups"] if g["workload"] == workload and g["metric"] == metric]
+        if not groups:
+            continue
+        keys = _varying([g["point"] for g in groups])
+        fig = Figure(figsize=(max(5.0, 2.0 + 1.2 * max(len(g["entries"]) for g in groups)) * len(groups), 4.5))
+        for ax, group in zip(fig.subplots(1, len(groups), squeeze=False)[0], groups):
+            cases = [doc["cases"][e["case"]] for e in group["entries"]]
+            medians = [c["stats"][metric]["median"] for c in cases]
+            errors = [[m - c["stats"][metric]["ci_low"] for m, c in zip(medians, cases)],
+                      [c["stats"][metric]["ci_high"] - m for m, c in zip(medians, cases)]]
+            ax.bar(range(len(cases)), medians, yerr=errors, capsize=4, color=[colors[c["framework"]] for c in cases])
+            ax.set_xticks(range(len(cases)), [c["engine"] for c in cases], rotation=30, ha="right")
+            ax.set_ylabel(f"{_metric(metric).label} ({_metric(metric).unit})")
+            ax.set_title(f"{workload}" + (f" ({_point_label(group['point'], keys)})" if keys else ""))
+        fig.tight_layout()
+        paths.append(_save(fig, out_dir / f"throughput_{workload}.png"))
+    return paths
+
+
+def plot_sweeps(doc: dict[str, Any], out_dir: Path) -> list[Path]:
+    """Headline metric against batch size or sequence length, one line per engine, where a sweep was run."""
+    paths = []
+    for workload in WORKLOADS:
+        metric = WORKLOAD_METRICS[workload][0]
+        groups = [g for g in doc["summary"]["groups"] if g["workload"] == workload and g["metric"] == metric]
+        for axis in (k for k in ("batch_size", "seq_len") if k in _varying([g["point"] for g in groups])):
+            series: dict[str, list[tuple[float, dict[str, Any]]]] = {}
+            others = [k for k in _varying([g["point"] for g in groups]) if k != axis]
+            for group in groups:
+                for entry in group["entries"]:
+                    label = entry["engine"] + (f" ({_point_label(group['point'], others)})" if others else "")
+                    series.setdefault(label, []).append((group["point"][axis], doc["cases"][entry["case"]]))
+            fig = Figure(figsize=(7, 4.5))
+            ax = fig.subplots()
+            for label, points in sorted(series.items()):
+                points.sort(key=lambda xc: xc[0])
+                xs, st = [x for x, _ in points], [c["stats"][metric] for _, c in points]
+                ys = [s["median"] for s in st]
+                ax.errorbar(xs, ys, yerr=[[y - s["ci_low"] for y, s in zip(ys, st)],
+                                          [s["ci_high"] - y for y, s in zip(ys, st)]],
+                            marker="o", capsize=3, label=label)
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel(axis)
+            ax.set_ylabel(f"{_metric(metric).label} ({_metric(metric).unit})")
+            ax.set_title(f"{workload}: {_metric(metric).label} vs {axis}")
+            ax.legend(fontsize="small")
+            fig.tight_layout()
+            paths.append(_save(fig, out_dir / f"sweep_{workload}_{axis}.png"))
+    return paths
+
+
+def write_report(doc: dict[str, Any], out_dir: str | Path, priority: str) -> list[Path]:
+    """Write the charts and ``report.md`` (which links them) into ``out_dir``; returns every path written."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    charts = plot_throughput(doc, out_dir) + plot_sweeps(doc, out_dir)
+    md = out_dir / "report.md"
+    md.write_text(markdown_report(doc, priority, charts))
+    return [md, *charts]

@@ -1,0 +1,46 @@
+"""Decoding steps for a Keras GPT behind ``llmdual.generate.Decoder``. Mirrors ``llmdual/torch_backend/decode.py``.
+
+Numpy in, numpy out: ids and the attention mask (past + new tokens) go in, the last position's float32 logits
+come out with an opaque state (the KV cache, or the ids so far when recomputing). Left padding is handled by
+the mask and ``position_ids = cumsum(mask) - 1``; an unpadded batch skips both. Layers are called eagerly
+(no ``predict``, no tracing), so a step costs only its ops.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from keras import ops
+
+
+class Decoder:
+    """Prefill and step a causal LM with its KV cache (``use_cache``) or by recomputing the whole prefix."""
+
+    def __init__(self, model: keras.Model, use_cache: bool = True):
+        if model.task != "lm":
+            raise ValueError(f"generation needs a task 'lm' model, got task {model.task!r}")
+        self.model, self.use_cache = model, use_cache
+        self.max_seq_len = model.config.max_seq_len
+
+    def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[np.ndarray, object]:
+        """Run the prompts; return the last position's logits [B, V] and the state for ``step``."""
+        return self._run(input_ids, attention_mask, None)
+
+    def step(self, next_ids: np.ndarray, attention_mask: np.ndarray, state: object) -> tuple[np.ndarray, object]:
+        """Feed one new token per row ([B, 1]); ``attention_mask`` covers every token so far, new one included."""
+        if self.use_cache:
+            return self._run(next_ids, attention_mask, state)
+        return self._run(np.concatenate([state, next_ids], axis=1), attention_mask, None)
+
+    def _run(self, ids: np.ndarray, mask: np.ndarray, past: list | None) -> tuple[np.ndarray, object]:
+        """One ``forward_cached`` call: mask and positions only when some row is padded."""
+        padded = not mask.all()
+        positions = np.maximum(mask.cumsum(axis=1) - 1, 0)[:, -ids.shape[1]:] if padded else None
+        logits, present = self.model.forward_cached(
+            self._tensor(ids), past, self._tensor(mask) if padded else None, self._tensor(positions)
+        )
+        last = np.asarray(ops.convert_to_numpy(logits[:, -1]), dtype=np.float32)
+        return last, (present if self.use_cache else ids)
+
+    def _tensor(self, array: np.ndarray | None):
+        return None if array is None else ops.convert_to_tensor(np.asarray(array, dtype=np.int64))

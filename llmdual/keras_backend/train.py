@@ -1,0 +1,245 @@
+"""Keras training: ``compile``/``fit`` with a custom ``train_step``. Mirrors ``llmdual/torch_backend/train.py``.
+
+Per step: micro-batches weighted by their share of the batch's targets, gradients summed, global-norm
+clipping and AdamW inside the optimizer (``AdamW`` below, PyTorch's formulas), the learning rate from a
+``LearningRateSchedule`` over the shared formula. A callback hands each step to ``Monitor``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import keras
+import numpy as np
+from keras import ops
+
+from llmdual.keras_backend.api import value_and_grad
+from llmdual.keras_backend.model import cross_entropy
+from llmdual.keras_backend.weights import stored_transposed, variable
+from llmdual.training import (Batch, BatchFn, History, Monitor, TrainConfig, check_batch, lr_at, micro_weights,
+                              restore_checkpoint)
+from llmdual.weights import canonical_shapes
+
+
+def parameters(model: keras.Model) -> dict[str, keras.Variable]:
+    """Trainable tensors by canonical name, in canonical order (so the gradient norm sums in one order)."""
+    return {name: variable(model, name) for name in canonical_shapes(model.config, model.task)}
+
+
+class LearningRate(keras.optimizers.schedules.LearningRateSchedule):
+    """The shared warmup + cosine schedule (``llmdual.training.lr_at``) evaluated with ``keras.ops``."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+
+    def __call__(self, step):
+        return lr_at(ops.cast(step, "float32"), self.cfg, xp=ops)
+
+    def get_config(self):
+        return self.cfg.to_dict()
+
+
+class AdamW(keras.optimizers.AdamW):
+    """Keras AdamW computing exactly what ``torch.optim.AdamW`` does.
+
+    Two differences from Keras' own: epsilon is added after bias-correcting ``sqrt(v)`` (Keras adds it before,
+    which is a step-dependent, larger epsilon), and ``global_clipnorm`` uses ``clip_grad_norm_``'s formula,
+    ``g * min(1, max_norm / (norm + 1e-6))``, recording the pre-clip norm in ``grad_norm``.
+    """
+
+    def build(self, variables):
+        super().build(variables)
+        self.grad_norm = self.add_variable((), initializer="zeros", dtype="float32", name="grad_norm")
+
+    def _clip_gradients(self, grads):
+        norm = ops.sqrt(sum(ops.sum(ops.square(ops.cast(g, "float32"))) for g in grads))
+        self.grad_norm.assign(norm)
+        if not self.global_clipnorm:
+            return grads
+        coef = ops.minimum(self.global_clipnorm / (norm + 1e-6), 1.0)
+        return [g * ops.cast(coef, g.dtype) for g in grads]
+
+    def update_step(self, gradient, variable, learning_rate):
+        dtype = variable.dtype
+        lr = ops.cast(learning_rate, dtype)
+        gradient = ops.cast(gradient, dtype)
+        t = ops.cast(self.iterations + 1, dtype)
+        m = self._momentums[self._get_variable_index(variable)]
+        v = self._velocities[self._get_variable_index(variable)]
+        self.assign_add(m, ops.multiply(ops.subtract(gradient, m), 1 - self.beta_1))
+        self.assign_add(v, ops.multiply(ops.subtract(ops.square(gradient), v), 1 - self.beta_2))
+        bias_correction1 = 1 - ops.power(ops.cast(self.beta_1, dtype), t)
+        bias_correction2 = 1 - ops.power(ops.cast(self.beta_2, dtype), t)
+        denom = ops.add(ops.divide(ops.sqrt(v), ops.sqrt(bias_correction2)), self.epsilon)
+        self.assign_sub(variable, ops.divide(ops.multiply(m, lr / bias_correction1), denom))
+
+
+def make_optimizer(model: keras.Model, cfg: TrainConfig) -> AdamW:
+    """AdamW decaying every tensor with ``ndim >= 2`` (matrices, embeddings), not biases or norm scales."""
+    params = list(parameters(model).values())
+    optimizer = AdamW(learning_rate=LearningRate(cfg), weight_decay=cfg.weight_decay, beta_1=cfg.beta1,
+                      beta_2=cfg.beta2, epsilon=cfg.eps, global_clipnorm=cfg.grad_clip or None)
+    optimizer.exclude_from_weight_decay(var_list=[p for p in params if len(p.shape) < 2])
+    optimizer.build(params)
+    return optimizer
+
+
+def moments(optimizer: AdamW, model: keras.Model) -> dict[str, np.ndarray]:
+    """AdamW's first and second moments as ``m.<name>``/``v.<name>`` in canonical layout (zeros before step 1)."""
+    out = {}
+    for name, p in parameters(model).items():
+        index = optimizer._get_variable_index(p)
+        for key, slots in (("m", optimizer._momentums), ("v", optimizer._velocities)):
+            value = np.asarray(ops.convert_to_numpy(slots[index]), dtype=np.float32)
+            out[f"{key}.{name}"] = np.ascontiguousarray(value.T if stored_transposed(name) else value)
+    return out
+
+
+def load_moments(optimizer: AdamW, model: keras.Model, state: dict[str, np.ndarray], step: int) -> None:
+    """Restore the moments written by ``moments`` and the step count their bias correction needs."""
+    for name, p in parameters(model).items():
+        index = optimizer._get_variable_index(p)
+        for key, slots in (("m", optimizer._momentums), ("v", optimizer._velocities)):
+            value = state[f"{key}.{name}"]
+            slots[index].assign(np.ascontiguousarray(value.T if stored_transposed(name) else value))
+    optimizer.iterations.assign(step)
+
+
+@contextlib.contextmanager
+def precision_context(precision: str, model: keras.Model) -> Iterator[None]:
+    """Switch every layer to the mixed policy for ``precision`` while training (variables stay float32);
+    fp16 needs a GPU."""
+    if precision == "fp32":
+        yield
+        return
+    if precision == "fp16" and not any(d.device_type == "GPU" for d in keras_devices()):
+        raise ValueError("precision 'fp16' needs a GPU (none visible to Keras); use precision 'bf16' or 'fp32'")
+    layers = list(model._flatten_layers(include_self=True, recursive=True))
+    saved = [layer.dtype_policy for layer in layers]
+    for layer in layers:
+        layer.dtype_policy = "mixed_bfloat16" if precision == "bf16" else "mixed_float16"
+    try:
+        yield
+    finally:
+        for layer, policy in zip(layers, saved):
+            layer.dtype_policy = policy
+
+
+def keras_devices() -> list:
+    """Physical devices of Keras' TensorFlow backend (other backends: none, so fp16 is refused there)."""
+    if keras.backend.backend() != "tensorflow":
+        return []
+    import tensorflow as tf
+
+    return tf.config.list_physical_devices()
+
+
+class Trainer(keras.Model):
+    """Wraps an llmdual model so ``fit`` (and ``step``) run one AdamW step per batch with gradient accumulation.
+
+    Compiled at construction with ``optimizer`` (wrapped in loss scaling for fp16) and ``cfg.jit_compile``.
+    """
+
+    def __init__(self, network: keras.Model, cfg: TrainConfig, optimizer: AdamW | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.network, self.cfg = network, cfg
+        self.params = list(parameters(network).values())
+        self.built = True
+        optimizer = make_optimizer(network, cfg) if optimizer is None else optimizer
+        fp16 = cfg.precision == "fp16"
+        self.compile(optimizer=keras.optimizers.LossScaleOptimizer(optimizer) if fp16 else optimizer,
+                     jit_compile=cfg.jit_compile)
+
+    def train_step(self, data):
+        """Keras' hook: accumulate the weighted micro-batches' gradients, then clip and update in ``AdamW``."""
+        if isinstance(data, tuple):  # train_on_batch hands over (x, y, sample_weight)
+            data = data[0]
+        ids, targets, weights = data["ids"], data["targets"], data["weights"]
+        mask = data.get("mask")
+        k, rows = self.cfg.grad_accum, self.cfg.batch_size // self.cfg.grad_accum
+        total, grads = 0.0, None
+        for i in range(k):
+            part = slice(i * rows, (i + 1) * rows)
+            losses = []
+
+            def loss_fn():
+                logits = self.network(ids[part], None if mask is None else mask[part], training=True)
+                losses.append(cross_entropy(logits, targets[part]) * weights[i])
+                return self.optimizer.scale_loss(losses[-1])
+
+            _, g = value_and_grad(loss_fn, self.params)
+            # Embedding gathers give TensorFlow sparse slices with repeated rows: adding them to zeros sums the
+            # repeats into a dense gradient, so the clipping norm and accumulation see the true gradient.
+            g = [ops.add(ops.zeros(p.shape, x.dtype), x) for p, x in zip(self.params, g)]
+            grads = g if grads is None else [ops.add(a, b) for a, b in zip(grads, g)]
+            total = total + losses[-1]
+        self.optimizer.apply(grads, self.params)
+        inner = getattr(self.optimizer, "inner_optimizer", self.optimizer)  # fp16 wraps AdamW in loss scaling
+        return {"loss": total, "grad_norm": ops.convert_to_tensor(inner.grad_norm)}
+
+    def step(self, batch: Batch) -> tuple[float, float]:
+        """One optimizer step on a numpy ``batch`` (split into ``grad_accum`` micro-batches) at the schedule's
+        learning rate; returns (loss, pre-clip global gradient norm)."""
+        logs = self.train_on_batch(step_inputs(batch, self.cfg, self.network.task), return_dict=True)
+        return float(logs["loss"]), float(logs["grad_norm"])
+
+
+def step_inputs(batch: Batch, cfg: TrainConfig, task: str) -> dict[str, np.ndarray]:
+    """A numpy batch as ``Trainer.train_step`` takes it: ids, targets, micro-batch weights (and the mask)."""
+    ids, *mask, targets = check_batch(batch, task, cfg)
+    out = {"ids": ids, "targets": targets, "weights": micro_weights(targets, cfg.grad_accum)}
+    return {**out, "mask": mask[0]} if mask else out
+
+
+class Batches(keras.utils.PyDataset):
+    """Steps ``start .. cfg.steps - 1`` of ``get_batch`` in order, as ``fit`` consumes them."""
+
+    def __init__(self, get_batch: BatchFn, cfg: TrainConfig, task: str, start: int):
+        super().__init__()
+        self.get_batch, self.cfg, self.task, self.start = get_batch, cfg, task, start
+
+    def __len__(self) -> int:
+        return self.cfg.steps - self.start
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        return step_inputs(self.get_batch(self.start + index), self.cfg, self.task)
+
+
+class StepMonitor(keras.callbacks.Callback):
+    """Hands every finished step to the shared ``Monitor`` (history, progress bar, evaluation, checkpoints)."""
+
+    def __init__(self, monitor: Monitor, cfg: TrainConfig, start: int, tokens: int):
+        super().__init__()
+        self.monitor, self.cfg, self.start, self.tokens = monitor, cfg, start, tokens
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.monitor.step_begin()
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = self.start + batch
+        self.monitor.step_end(step, float(logs["loss"]), float(lr_at(step, self.cfg)), float(logs["grad_norm"]),
+                              self.tokens)
+
+
+def train(model: keras.Model, get_batch: BatchFn, cfg: TrainConfig, val: Sequence[Batch],
+          resume: str | Path | None = None) -> History:
+    """Run steps ``start .. cfg.steps - 1`` (``start`` from ``resume``'s checkpoint, else 0); return the history."""
+    if keras.backend.backend() == "jax":
+        raise ValueError("Keras training runs on the tensorflow and torch Keras backends, not 'jax' "
+                         "(set KERAS_BACKEND=tensorflow or torch)")
+    with precision_context(cfg.precision, model):
+        optimizer = make_optimizer(model, cfg)
+        start, history = 0, History("keras")
+        if resume is not None:
+            start, state, history = restore_checkpoint(model, resume)
+            load_moments(optimizer, model, state, start)
+        monitor = Monitor(model, cfg, val, history, start, lambda: moments(optimizer, model))
+        if start == cfg.steps:
+            return history
+        trainer = Trainer(model, cfg, optimizer)
+        tokens = check_batch(get_batch(start), model.task, cfg)[0].size
+        trainer.fit(Batches(get_batch, cfg, model.task, start), epochs=1, shuffle=False, verbose=0,
+                    callbacks=[StepMonitor(monitor, cfg, start, tokens)])
+    return history

@@ -1,0 +1,49 @@
+"""The one place where Keras variables convert to and from canonical weights (see ``llmdual.weights``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import keras
+import numpy as np
+from keras import ops
+
+from llmdual.weights import canonical_shapes, check_weights
+
+# Canonical leaf name -> Keras variable attribute, per layer type.
+_LEAVES = {
+    keras.layers.Dense: {"weight": "kernel", "bias": "bias"},
+    keras.layers.Embedding: {"weight": "embeddings"},
+    keras.layers.LayerNormalization: {"weight": "gamma", "bias": "beta"},
+}
+
+
+def stored_transposed(name: str) -> bool:
+    """Dense kernels are ``[in, out]`` like the canonical layout; only an untied ``lm_head`` is transposed."""
+    return name == "lm_head.weight"
+
+
+def variable(model: keras.Model, name: str) -> keras.Variable:
+    """The Keras variable behind a canonical name, e.g. ``h.0.attn.c_attn.weight`` -> ``model.h[0].attn.c_attn.kernel``."""
+    *path, leaf = name.split(".")
+    layer = model
+    for part in path:
+        layer = layer[int(part)] if part.isdigit() else getattr(layer, part)
+    return getattr(layer, _LEAVES[type(layer)][leaf])
+
+
+def get_weights(model: keras.Model) -> dict[str, np.ndarray]:
+    """Canonical name -> float32 numpy copy of every variable."""
+    weights = {}
+    for name in canonical_shapes(model.config, model.task):
+        value = np.asarray(ops.convert_to_numpy(variable(model, name)), dtype=np.float32)
+        weights[name] = np.ascontiguousarray(value.T if stored_transposed(name) else value)
+    return weights
+
+
+def set_weights(model: keras.Model, weights: Mapping[str, np.ndarray]) -> None:
+    """Assign canonical weights to the model, validating names and shapes first."""
+    weights = check_weights(weights, model.config, model.task)
+    for name, value in weights.items():
+        var = variable(model, name)
+        var.assign(np.ascontiguousarray(value.T if stored_transposed(name) else value).astype(var.dtype))

@@ -1,0 +1,384 @@
+"""ONNX export of llmdual models from either backend, verified against the native model before it is kept.
+
+This layer is framework-free: the graph's signature (input/output names, dynamic axes), example and
+verification inputs, the checks (``onnx.checker``, then onnxruntime vs the native model at shapes the exporter
+never saw), int8 quantization and the result tables. The backend parts (``llmdual/torch_backend/export.py``,
+``llmdual/keras_backend/export.py``) only turn a model into an ``onnx.ModelProto`` and run the native reference;
+they are imported on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import onnx
+
+from llmdual.backend import backend_of, load_backend
+from llmdual.config import Config
+from llmdual.files import atomic_write
+from llmdual.onnx_runtime import evaluate, export_info, logits, open_session
+
+DEFAULT_OPSET = 18  # the one opset both exporters emit natively (torch's dynamo: 18 and up; tf2onnx: up to 18)
+Axes = tuple[str | int, ...]  # per dimension: a dynamic axis name, or a fixed size
+Shape = tuple[int, int, int]  # (batch, new tokens, cached tokens) of one verification run
+
+
+class VerificationError(RuntimeError):
+    """An export whose onnxruntime outputs differ from the native model's beyond the tolerance."""
+
+
+@dataclass(frozen=True)
+class Signature:
+    """Names and axes of an export's inputs and outputs, in graph order."""
+
+    inputs: dict[str, Axes]
+    outputs: dict[str, Axes]
+    kv_cache: bool
+
+    def dtype(self, name: str) -> type:
+        """Numpy dtype of an input: float32 for the cache, int64 for ids, masks and positions."""
+        return np.float32 if name.startswith("past.") else np.int64
+
+
+def signature(config: Config, task: str, kv_cache: bool = False) -> Signature:
+    """The graph interface every llmdual export has, whichever backend produced it."""
+    ids: Axes = ("batch", "sequence")
+    if task == "classifier":
+        if kv_cache:
+            raise ValueError("kv_cache=True needs an LM (task 'lm'); a classifier has no decoding cache")
+        return Signature({"input_ids": ids, "attention_mask": ids}, {"logits": ("batch", config.num_classes)}, False)
+    logits_axes: Axes = ("batch", "sequence", config.vocab_size)
+    if not kv_cache:
+        return Signature({"input_ids": ids}, {"logits": logits_axes}, False)
+    inputs: dict[str, Axes] = {"input_ids": ids, "attention_mask": ("batch", "total_sequence"), "position_ids": ids}
+    outputs: dict[str, Axes] = {"logits": logits_axes}
+    for i in range(config.n_layers):
+        for part in ("key", "value"):
+            inputs[f"past.{i}.{part}"] = ("batch", config.n_heads, "past_sequence", config.head_dim)
+            outputs[f"present.{i}.{part}"] = ("batch", config.n_heads, "total_sequence", config.head_dim)
+    return Signature(inputs, outputs, True)
+
+
+def make_feeds(config: Config, sig: Signature, shape: Shape, seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded inputs of ``shape``; masks pad some rows (right for the classifier, left for the cache) as in use."""
+    B, T, P = shape
+    rng = np.random.default_rng(seed)
+    feeds = {"input_ids": rng.integers(0, config.vocab_size, (B, T), dtype=np.int64)}
+    if "attention_mask" in sig.inputs and not sig.kv_cache:
+        lengths = np.r_[T, rng.integers(1, T + 1, B - 1)]  # row 0 unpadded, the others right-padded
+        feeds["attention_mask"] = (np.arange(T)[None] < lengths[:, None]).astype(np.int64)
+    if sig.kv_cache:
+        pads = np.r_[0, rng.integers(0, P + T, B - 1)]  # left padding, at least one real token per row
+        mask = (np.arange(P + T)[None] >= pads[:, None]).astype(np.int64)
+        feeds["attention_mask"] = mask
+        feeds["position_ids"] = np.maximum(mask.cumsum(axis=1) - 1, 0)[:, P:]
+        for name, axes in sig.inputs.items():
+            if name.startswith("past."):
+                feeds[name] = rng.standard_normal((B, axes[1], P, axes[3]), dtype=np.float32)
+    return feeds
+
+
+def _backend_export(backend: str) -> ModuleType:
+    """A backend's export module, imported only when a model of that backend is exported."""
+    load_backend(backend)
+    return importlib.import_module(f"llmdual.{backend}_backend.export")
+
+
+def _check_opset(opset: object, allowed: range, backend: str) -> int:
+    if isinstance(opset, bool) or not isinstance(opset, (int, np.integer)):
+        raise TypeError(f"opset must be an integer, got {opset!r}")
+    if int(opset) not in allowed:
+        raise ValueError(f"opset {opset} is not supported by the {backend} exporter; "
+                         f"allowed: {allowed.start}..{allowed.stop - 1} (default {DEFAULT_OPSET})")
+    return int(opset)
+
+
+def _check_target(path: str | os.PathLike) -> Path:
+    """``path`` as a Path if a file can be written there, else the error naming why, before any work is done."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot write the ONNX file to {path}: it is a folder; name a file inside it")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"cannot write {path}: folder {path.parent} does not exist")
+    try:
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as err:
+        raise PermissionError(f"cannot write {path}: folder {path.parent} is not writable ({err.strerror})") from err
+    return path
+
+
+def _finalize(proto: onnx.ModelProto, sig: Signature, dynamic: bool, metadata: dict[str, str]) -> None:
+    """Put outputs in the signature's order, name the dynamic axes alike for both exporters, stamp metadata."""
+    graph = proto.graph
+    if [v.name for v in graph.input] != list(sig.inputs):
+        raise RuntimeError(f"exporter produced inputs {[v.name for v in graph.input]}, expected {list(sig.inputs)}")
+    outputs = {v.name: v for v in graph.output}
+    if set(outputs) != set(sig.outputs):
+        raise RuntimeError(f"exporter produced outputs {sorted(outputs)}, expected {list(sig.outputs)}")
+    ordered = [onnx.ValueInfoProto.FromString(outputs[name].SerializeToString()) for name in sig.outputs]
+    del graph.output[:]
+    graph.output.extend(ordered)
+    axes = {**sig.inputs, **sig.outputs}
+    for value in (*graph.input, *graph.output):
+        for dim, axis in zip(value.type.tensor_type.shape.dim, axes[value.name]):
+            if dynamic and isinstance(axis, str):
+                dim.dim_param = axis
+    onnx.helper.set_model_props(proto, metadata)
+
+
+def _opset_of(proto: onnx.ModelProto) -> int:
+    return next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def default_shapes(config: Config, kv_cache: bool) -> list[Shape]:
+    """Verification shapes, all unlike the traced one: the longest sequence, an odd batch, single tokens, and
+    for the cache an empty past (prefill), a one-token step on a long past, and a multi-token step."""
+    L = config.max_seq_len
+    if kv_cache:
+        return [(3, min(6, L), 0), (2, 1, min(9, L - 1)), (1, min(4, L // 2), min(5, L - min(4, L // 2)))]
+    return [(1, L, 0), (3, min(13, L), 0), (4, 1, 0)]
+
+
+def shape_label(shape: Shape) -> str:
+    """``"BxT"``, or ``"BxT+P"`` with ``P`` cached tokens."""
+    B, T, P = shape
+    return f"{B}x{T}" + (f"+{P}" if P else "")
+
+
+def verify(
+    path: str | os.PathLike,
+    model: Any,
+    shapes: Sequence[Shape] | None = None,
+    atol: float = 1e-4,
+    rtol: float = 1e-5,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Max abs difference per shape between onnxruntime on ``path`` and the native ``model`` (either backend:
+    a file exported from one backend can be checked against the other). Every output is compared
+    (``|ort - native| <= atol + rtol * |native|``); ``VerificationError`` with the figures if any is off."""
+    backend = backend_of(model)
+    session = open_session(path)
+    info = export_info(session)
+    sig = signature(model.config, model.task, info.kv_cache)
+    io = ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
+    if io != (list(sig.inputs), list(sig.outputs)):
+        raise VerificationError(f"{path} has inputs {io[0]} and outputs {io[1]}; the {model.task} model of this "
+                                f"config needs {list(sig.inputs)} and {list(sig.outputs)}")
+    module = _backend_export(backend)
+    diffs, failed = {}, []
+    for shape in default_shapes(model.config, sig.kv_cache) if shapes is None else shapes:
+        feeds = make_feeds(model.config, sig, tuple(shape), seed)
+        got = session.run(list(sig.outputs), feeds)
+        want = module.run(model, sig, feeds)
+        worst = []
+        for name, g, w in zip(sig.outputs, got, want):
+            if g.shape != w.shape:
+                failed.append(f"{name} at {shape_label(shape)}: shape {g.shape}, native {w.shape}")
+                continue
+            err = np.abs(g.astype(np.float64) - w)
+            worst.append(float(err.max(initial=0.0)))  # NaN propagates, and fails the check below
+            if not np.all(err <= atol + rtol * np.abs(w)):
+                failed.append(f"{name} at {shape_label(shape)}: max abs diff {worst[-1]:.3e}")
+        diffs[shape_label(shape)] = float(np.max(worst, initial=0.0))
+    if failed:
+        raise VerificationError(f"{path} does not match the native {backend} model (atol {atol:g}, rtol "
+                                f"{rtol:g}): " + "; ".join(failed) + f"; max abs diff per shape {diffs}")
+    return diffs
+
+
+@dataclass
+class ExportResult:
+    """Summary of one verified export: the file, its opset, size and ops, how long it took, how close it is."""
+
+    path: Path
+    backend: str
+    task: str
+    kv_cache: bool
+    opset: int
+    dynamic: bool
+    file_bytes: int
+    op_counts: dict[str, int]
+    export_seconds: float
+    verify_seconds: float
+    max_abs_diff: dict[str, float]  # per verified shape label ("BxT" or "BxT+P")
+    atol: float
+    rtol: float
+
+    @property
+    def node_count(self) -> int:
+        return sum(self.op_counts.values())
+
+    def top_ops(self, n: int = 5) -> str:
+        """The ``n`` most frequent op types with their counts, e.g. ``"MatMul 13, Add 15"``."""
+        return ", ".join(f"{op} {count}" for op, count in list(self.op_counts.items())[:n])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "path": str(self.path), "node_count": self.node_count}
+
+
+def export_onnx(
+    model: Any,
+    path: str | os.PathLike,
+    opset: int | None = None,
+    dynamic: bool = True,
+    kv_cache: bool = False,
+    shape: tuple[int, int] | None = None,
+    atol: float = 1e-4,
+    rtol: float = 1e-5,
+) -> ExportResult:
+    """Export an llmdual model (either backend, LM or classifier) to ``path`` and verify it before keeping it.
+
+    Inputs ``input_ids`` (+ ``attention_mask`` for the classifier), output ``logits``, dynamic ``batch`` and
+    ``sequence`` axes unless ``dynamic`` is False (then fixed to ``shape``, the (batch, sequence) traced at).
+    ``kv_cache=True`` exports an LM decoder step with a cache instead: inputs ``input_ids``,
+    ``attention_mask`` (past + new), ``position_ids``, ``past.{i}.key/value``; outputs ``logits``,
+    ``present.{i}.key/value``; an empty past (length 0) is a prefill. The file appears only once
+    ``onnx.checker`` and onnxruntime-vs-native (``verify``, at other shapes) pass; on any failure nothing is left.
+    """
+    backend = backend_of(model)
+    module = _backend_export(backend)
+    opset = _check_opset(DEFAULT_OPSET if opset is None else opset, module.OPSETS, backend)
+    if kv_cache and not dynamic:
+        raise ValueError("kv_cache=True needs dynamic=True: the cache grows by one position every step")
+    path = _check_target(path)
+    config = model.config
+    sig = signature(config, model.task, kv_cache)
+    B, T = shape or (2, min(8, config.max_seq_len))
+    traced = (B, T, min(3, config.max_seq_len - T) if kv_cache else 0)  # past > 1 keeps its axis dynamic
+    start = time.perf_counter()
+    proto = module.export(model, sig, make_feeds(config, sig, traced, seed=1), opset, dynamic)
+    _finalize(proto, sig, dynamic, {
+        "llmdual.backend": backend,
+        "llmdual.task": model.task,
+        "llmdual.kv_cache": str(int(kv_cache)),
+        "llmdual.config": config.to_json(),
+    })
+    export_seconds = time.perf_counter() - start
+    if _opset_of(proto) != opset:
+        raise RuntimeError(f"the {backend} exporter wrote opset {_opset_of(proto)} when asked for {opset}")
+    diffs: dict[str, float] = {}
+
+    def write(tmp: str) -> None:
+        onnx.save_model(proto, tmp, format="protobuf")
+        onnx.checker.check_model(tmp)
+        diffs.update(verify(tmp, model, None if dynamic else [traced], atol, rtol))
+
+    atomic_write(path, write)
+    ops = Counter(node.op_type for node in proto.graph.node)
+    return ExportResult(
+        path=path, backend=backend, task=model.task, kv_cache=kv_cache, opset=opset, dynamic=dynamic,
+        file_bytes=path.stat().st_size, op_counts=dict(ops.most_common()),
+        export_seconds=export_seconds, verify_seconds=time.perf_counter() - start - export_seconds,
+        max_abs_diff=diffs, atol=atol, rtol=rtol,
+    )
+
+
+@dataclass
+class QuantizeResult:
+    """An int8 (dynamic) quantization: sizes before and after, and the quality change on the given batches."""
+
+    path: Path
+    source: Path
+    task: str
+    bytes_before: int
+    bytes_after: int
+    seconds: float
+    metric: str | None = None  # "perplexity" (LM) or "accuracy" (classifier), measured on the batches
+    before: float | None = None
+    after: float | None = None
+    top1_agreement: float | None = None  # share of predictions (argmax) the int8 file keeps
+    max_abs_logit_diff: float | None = None
+
+    @property
+    def size_ratio(self) -> float:
+        return self.bytes_after / self.bytes_before
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "path": str(self.path), "source": str(self.source), "size_ratio": self.size_ratio}
+
+
+def quantize(
+    path: str | os.PathLike, out_path: str | os.PathLike, batches: Iterable[tuple[np.ndarray, ...]] | None = None
+) -> QuantizeResult:
+    """Int8 dynamic quantization (onnxruntime's ``quantize_dynamic``: MatMul and Gather weights) of an llmdual
+    export. With ``batches`` (LM ``(x, y)``, classifier ``(ids, mask, labels)``) both files are evaluated
+    through onnxruntime: perplexity or accuracy before/after, argmax agreement and the largest logit change."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    source = Path(path)
+    if not source.is_file():
+        raise FileNotFoundError(f"no ONNX file at {source}")
+    fp32 = open_session(source)
+    info = export_info(fp32)
+    out_path = _check_target(out_path)
+    start = time.perf_counter()
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # quantize_dynamic warns through the root logger about optional pre-processing
+    try:
+        atomic_write(out_path, lambda tmp: quantize_dynamic(source, tmp, weight_type=QuantType.QInt8))
+    finally:
+        root.setLevel(level)
+    result = QuantizeResult(out_path, source, info.task, source.stat().st_size, out_path.stat().st_size,
+                            time.perf_counter() - start)
+    if batches is not None:
+        int8 = open_session(out_path)
+        batches = list(batches)
+        result.metric = "perplexity" if info.task == "lm" else "accuracy"
+        result.before = evaluate(fp32, batches)[result.metric]
+        result.after = evaluate(int8, batches)[result.metric]
+        agree, count, worst = 0, 0, 0.0
+        for ids, *rest in batches:
+            mask = rest[0] if len(rest) == 2 else None
+            a, b = logits(fp32, ids, mask), logits(int8, ids, mask)
+            agree += int((a.argmax(-1) == b.argmax(-1)).sum())
+            count += a.argmax(-1).size
+            worst = max(worst, float(np.abs(a - b).max()))
+        result.top1_agreement, result.max_abs_logit_diff = agree / count, worst
+    return result
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[object]], markdown: bool = True) -> str:
+    """A markdown (or aligned plain-text) table; floats are shown with 4 significant digits."""
+    cells = [[f"{c:.4g}" if isinstance(c, float) else str(c) for c in row] for row in rows]
+    widths = [max(len(str(h)), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    line = (lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |") if markdown else (
+        lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|" if markdown else "  ".join("-" * w for w in widths)
+    return "\n".join([line(list(headers)), rule, *(line(r) for r in cells)])
+
+
+def summary_table(results: Sequence[ExportResult], markdown: bool = True) -> str:
+    """One row per export: what users compare between the PyTorch and the Keras file."""
+    headers = ["backend", "task", "graph", "opset", "size MB", "nodes", "top ops", "export s", "max abs diff"]
+    rows = [
+        [r.backend, r.task, "kv-cache" if r.kv_cache else "plain", r.opset, r.file_bytes / 2**20, r.node_count,
+         r.top_ops(4), r.export_seconds, f"{max(r.max_abs_diff.values()):.2e}"]
+        for r in results
+    ]
+    return table(headers, rows, markdown)
+
+
+def quantize_table(results: Sequence[QuantizeResult], markdown: bool = True) -> str:
+    """One row per quantized file: size before/after and the quality change."""
+    headers = ["file", "task", "fp32 MB", "int8 MB", "ratio", "metric", "fp32", "int8", "top-1 agree", "max |dlogit|"]
+    rows = [
+        [r.source.name, r.task, r.bytes_before / 2**20, r.bytes_after / 2**20, r.size_ratio, r.metric or "-",
+         "-" if r.before is None else r.before, "-" if r.after is None else r.after,
+         "-" if r.top1_agreement is None else r.top1_agreement,
+         "-" if r.max_abs_logit_diff is None else r.max_abs_logit_diff]
+        for r in results
+    ]
+    return table(headers, rows, markdown)

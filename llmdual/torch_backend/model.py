@@ -1,0 +1,197 @@
+"""GPT-2 in PyTorch: causal LM and classifier. Mirrors ``llmdual/keras_backend/model.py`` class for class.
+
+Module attribute names are the canonical weight names (``wte``, ``h.0.attn.c_attn``, ...), so
+``model.get_parameter(canonical_name)`` finds every weight; only the ``[in, out]`` matrices are stored
+transposed (``nn.Linear`` keeps ``[out, in]``), see ``weights.py``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llmdual.config import Config
+from llmdual.inputs import check_inputs
+
+KVCache = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a fused qkv projection and an optional KV cache."""
+
+    def __init__(self, config: Config):
+        super().__init__()
+        C = config.d_model
+        self.n_heads = config.n_heads
+        self.dropout = config.dropout
+        self.c_attn = nn.Linear(C, 3 * C)
+        self.c_proj = nn.Linear(C, C)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, attn_mask=None, causal=True, past=None):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q = q.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2)
+        v = v.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2)
+        if past is not None:
+            k = torch.cat([past[0], k], dim=2)  # (B, nh, T_past + T, hs)
+            v = torch.cat([past[1], v], dim=2)
+        dropout_p = self.dropout if self.training else 0.0
+        if attn_mask is None:
+            # No padding: the fused causal kernel (a single new token with a cache needs no mask at all).
+            is_causal = causal and T > 1
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=is_causal)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads side by side
+        return self.resid_dropout(self.c_proj(y)), (k, v)
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward: c_fc, GELU (tanh approximation, as GPT-2), c_proj."""
+
+    def __init__(self, config: Config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.d_model, config.d_ff)
+        self.c_proj = nn.Linear(config.d_ff, config.d_model)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+
+    def __init__(self, config: Config):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.d_model, eps=config.norm_eps)
+        self.attn = Attention(config)
+        self.ln_2 = nn.LayerNorm(config.d_model, eps=config.norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, x, attn_mask=None, causal=True, past=None):
+        """Block output, its (k, v) cache, and the residual stream between attention and MLP (for tracing)."""
+        a, present = self.attn(self.ln_1(x), attn_mask=attn_mask, causal=causal, past=past)
+        mid = x + a
+        return mid + self.mlp(self.ln_2(mid)), present, mid
+
+
+class Transformer(nn.Module):
+    """Embeddings, the stack of blocks and the final norm shared by the LM and the classifier."""
+
+    causal = True
+
+    def __init__(self, config: Config):
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.d_model)
+        self.wpe = nn.Embedding(config.max_seq_len, config.d_model)
+        self.drop = nn.Dropout(config.dropout)
+        self.h = nn.ModuleList([Block(config) for _ in range(config.n_layers)])
+        self.ln_f = nn.LayerNorm(config.d_model, eps=config.norm_eps)
+
+    def hidden(self, input_ids, attention_mask=None, past=None, position_ids=None, trace=None):
+        """Final-normed hidden states (B, T, C) and the per-layer (k, v) cache."""
+        B, T = input_ids.shape
+        past_len = 0 if past is None else past[0][0].shape[2]
+        if _is_eager():
+            check_inputs(input_ids.detach().cpu().numpy(), self.config, past_len, position_ids is None)
+        if position_ids is None:
+            position_ids = torch.arange(past_len, past_len + T, device=input_ids.device).unsqueeze(0)
+        attn_mask = attention_bias(attention_mask, T, past_len, self.causal)
+        x = self.drop(self.wte(input_ids) + self.wpe(position_ids))
+        if trace is not None:
+            trace.append(x)
+        present = []
+        for i, block in enumerate(self.h):
+            x, kv, mid = block(x, attn_mask=attn_mask, causal=self.causal, past=None if past is None else past[i])
+            present.append(kv)
+            if trace is not None:
+                trace += [mid, x]
+        x = self.ln_f(x)
+        if trace is not None:
+            trace.append(x)
+        return x, present
+
+
+class GPT(Transformer):
+    """Causal language model; the head is tied to the token embedding unless ``tie_embeddings`` is False."""
+
+    task = "lm"
+
+    def __init__(self, config: Config):
+        super().__init__(config)
+        if not config.tie_embeddings:
+            self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+
+    def head(self, x):
+        weight = self.wte.weight if self.config.tie_embeddings else self.lm_head.weight
+        return F.linear(x, weight)
+
+    def forward(self, input_ids, attention_mask=None):
+        """Logits (B, T, vocab_size)."""
+        x, _ = self.hidden(input_ids, attention_mask)
+        return self.head(x)
+
+    def forward_cached(self, input_ids, past_key_values=None, attention_mask=None, position_ids=None):
+        """Logits of the new tokens and the cache extended by them.
+
+        ``past_key_values`` is a list of per-layer ``(k, v)``, each (B, n_heads, T_past, head_dim);
+        ``attention_mask`` (B, T_past + T) marks real tokens among past and new ones.
+        """
+        x, present = self.hidden(input_ids, attention_mask, past_key_values, position_ids)
+        return self.head(x), present
+
+
+class Classifier(Transformer):
+    """Sequence classifier: bidirectional blocks, mean pooling over real tokens, linear ``score`` head."""
+
+    task = "classifier"
+    causal = False
+
+    def __init__(self, config: Config):
+        super().__init__(config)
+        self.score = nn.Linear(config.d_model, config.num_classes)
+
+    def forward(self, input_ids, attention_mask=None):
+        """Class logits (B, num_classes)."""
+        x, _ = self.hidden(input_ids, attention_mask)
+        return self.score(mean_pool(x, attention_mask))
+
+
+def attention_bias(attention_mask, T, past_len, causal):
+    """Boolean mask (B or 1, 1, T, past_len + T), True where a query may attend; None when no mask is needed.
+
+    Each query may always attend to itself, so a row is never fully masked (no NaN on padding).
+    """
+    if attention_mask is None and (not causal or T == 1 or past_len == 0):
+        return None  # plain causal or full attention: handled by the kernel's flags
+    S = past_len + T
+    q_pos = torch.arange(past_len, S).unsqueeze(1)
+    k_pos = torch.arange(S).unsqueeze(0)
+    allowed = (k_pos <= q_pos) if causal else torch.ones(T, S, dtype=torch.bool)
+    allowed = allowed[None, None]  # (1, 1, T, S)
+    if attention_mask is not None:
+        allowed = allowed.to(attention_mask.device) & attention_mask.bool()[:, None, None, :]
+    return allowed | (k_pos == q_pos)[None, None].to(allowed.device)
+
+
+def mean_pool(x, attention_mask):
+    """Mean of hidden states over real (mask 1) tokens."""
+    if attention_mask is None:
+        return x.mean(dim=1)
+    m = attention_mask.to(x.dtype).unsqueeze(-1)  # (B, T, 1)
+    return (x * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
+
+
+def _is_eager() -> bool:
+    """False while tracing, exporting or compiling, where input values are not available."""
+    return not (torch.jit.is_tracing() or torch.compiler.is_compiling())
+
+
+def cross_entropy(logits, targets):
+    """Mean cross-entropy over positions whose target is not -100 (PyTorch's ignore index)."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-100)

@@ -1,0 +1,138 @@
+"""PyTorch training: an explicit loop over ``torch.optim.AdamW``. Mirrors ``llmdual/keras_backend/train.py``.
+
+Per step: micro-batches weighted by their share of the batch's targets, backward into ``.grad``, global-norm
+clipping (``clip_grad_norm_``), AdamW at the shared schedule's learning rate. ``Monitor`` does the rest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from llmdual.torch_backend.model import cross_entropy
+from llmdual.torch_backend.weights import stored_transposed
+from llmdual.training import (Batch, BatchFn, History, Monitor, TrainConfig, check_batch, lr_at, micro_weights,
+                              restore_checkpoint)
+from llmdual.weights import canonical_shapes
+
+
+def parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Trainable tensors by canonical name, in canonical order (so the gradient norm sums in one order)."""
+    return {name: model.get_parameter(name) for name in canonical_shapes(model.config, model.task)}
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW decaying every tensor with ``ndim >= 2`` (matrices, embeddings), not biases or norm scales."""
+    params = list(parameters(model).values())
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+
+
+def moments(optimizer: torch.optim.AdamW, model: nn.Module) -> dict[str, np.ndarray]:
+    """AdamW's first and second moments as ``m.<name>``/``v.<name>`` in canonical layout (zeros before step 1)."""
+    out = {}
+    for name, p in parameters(model).items():
+        state = optimizer.state.get(p, {})
+        for key, slot in (("m", "exp_avg"), ("v", "exp_avg_sq")):
+            value = state[slot].detach().float().cpu().numpy() if slot in state else np.zeros(p.shape, np.float32)
+            out[f"{key}.{name}"] = np.ascontiguousarray(value.T if stored_transposed(name) else value)
+    return out
+
+
+def load_moments(optimizer: torch.optim.AdamW, model: nn.Module, state: dict[str, np.ndarray], step: int) -> None:
+    """Restore the moments written by ``moments`` and the step count their bias correction needs."""
+    for name, p in parameters(model).items():
+        slots = {}
+        for key, slot in (("m", "exp_avg"), ("v", "exp_avg_sq")):
+            value = state[f"{key}.{name}"]
+            slots[slot] = torch.from_numpy(np.ascontiguousarray(value.T if stored_transposed(name) else value)).to(p)
+        optimizer.state[p] = {"step": torch.tensor(float(step)), **slots}
+
+
+def precision_context(precision: str, device: torch.device) -> tuple[Callable[[], contextlib.AbstractContextManager],
+                                                                      torch.amp.GradScaler | None]:
+    """Autocast factory and loss scaler for ``precision``: bf16 autocasts on any device, fp16 needs CUDA."""
+    if precision == "fp32":
+        return contextlib.nullcontext, None
+    if precision == "bf16":
+        return (lambda: torch.autocast(device.type, dtype=torch.bfloat16)), None
+    if device.type != "cuda":
+        raise ValueError(f"precision 'fp16' needs a CUDA GPU (the model is on {device.type}); "
+                         "use precision 'bf16' or 'fp32'")
+    return (lambda: torch.autocast("cuda", dtype=torch.float16)), torch.amp.GradScaler("cuda")
+
+
+class Trainer:
+    """One AdamW step at a time on a model: the optimizer, its schedule position, autocast and loss scaling."""
+
+    def __init__(self, model: nn.Module, cfg: TrainConfig, optimizer: torch.optim.AdamW | None = None,
+                 start: int = 0):
+        self.model, self.cfg, self.iterations = model, cfg, start
+        self.optimizer = make_optimizer(model, cfg) if optimizer is None else optimizer
+        self.device = next(model.parameters()).device
+        self.autocast, self.scaler = precision_context(cfg.precision, self.device)
+
+    def train_step(self, tensors: list[tuple[torch.Tensor, ...]], weights: np.ndarray) -> tuple[float, float]:
+        """Accumulate the weighted micro-batches' gradients, clip, update; (loss, pre-clip gradient norm)."""
+        total = torch.zeros((), device=self.device)
+        for i in range(self.cfg.grad_accum):
+            ids, *mask, targets = (t[i] for t in tensors)
+            with self.autocast():
+                logits = self.model(ids, *mask)  # the classifier's batches carry an attention mask
+            loss = cross_entropy(logits, targets) * float(weights[i])
+            (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+            total += loss.detach()
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        norm = nn.utils.clip_grad_norm_(list(parameters(self.model).values()), self.cfg.grad_clip or math.inf)
+        if self.scaler is None:
+            self.optimizer.step()
+        else:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(total), float(norm)
+
+    def step(self, batch: Batch) -> tuple[float, float]:
+        """One optimizer step on a numpy ``batch`` (split into ``grad_accum`` micro-batches) at the schedule's
+        learning rate; returns (loss, pre-clip global gradient norm)."""
+        batch = check_batch(batch, self.model.task, self.cfg)
+        lr = float(lr_at(self.iterations, self.cfg))
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        tensors = [torch.as_tensor(a, device=self.device).chunk(self.cfg.grad_accum) for a in batch]
+        was_training = self.model.training
+        self.model.train()
+        try:
+            result = self.train_step(tensors, micro_weights(batch[-1], self.cfg.grad_accum))
+        finally:
+            self.model.train(was_training)
+        self.iterations += 1
+        return result
+
+
+def train(model: nn.Module, get_batch: BatchFn, cfg: TrainConfig, val: Sequence[Batch],
+          resume: str | Path | None = None) -> History:
+    """Run steps ``start .. cfg.steps - 1`` (``start`` from ``resume``'s checkpoint, else 0); return the history."""
+    optimizer = make_optimizer(model, cfg)
+    start, history = 0, History("torch")
+    if resume is not None:
+        start, state, history = restore_checkpoint(model, resume)
+        load_moments(optimizer, model, state, start)
+    trainer = Trainer(model, cfg, optimizer, start)
+    monitor = Monitor(model, cfg, val, history, start, lambda: moments(optimizer, model))
+    for step in range(start, cfg.steps):
+        monitor.step_begin()
+        batch = get_batch(step)
+        loss, norm = trainer.step(batch)
+        monitor.step_end(step, loss, float(lr_at(step, cfg)), norm, np.asarray(batch[0]).size)
+    return history

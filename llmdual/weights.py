@@ -1,0 +1,181 @@
+"""Canonical weights: one flat naming and layout for every parameter, and their numpy initializer.
+
+The naming rule is GPT-2's own (as in its published checkpoints, without a ``transformer.`` prefix)::
+
+    wte.weight                  [vocab_size, d_model]   token embedding
+    wpe.weight                  [max_seq_len, d_model]  position embedding
+    h.{i}.ln_1.weight / .bias   [d_model]
+    h.{i}.attn.c_attn.weight    [d_model, 3*d_model]    fused q, k, v projection
+    h.{i}.attn.c_attn.bias      [3*d_model]
+    h.{i}.attn.c_proj.weight    [d_model, d_model]
+    h.{i}.attn.c_proj.bias      [d_model]
+    h.{i}.ln_2.weight / .bias   [d_model]
+    h.{i}.mlp.c_fc.weight       [d_model, d_ff]
+    h.{i}.mlp.c_fc.bias         [d_ff]
+    h.{i}.mlp.c_proj.weight     [d_ff, d_model]
+    h.{i}.mlp.c_proj.bias       [d_model]
+    ln_f.weight / .bias         [d_model]
+    lm_head.weight              [vocab_size, d_model]   LM only, when tie_embeddings is False
+    score.weight                [d_model, num_classes]  classifier only
+    score.bias                  [num_classes]           classifier only
+
+Layout rule: every projection matrix is stored ``[in, out]`` (GPT-2's Conv1D layout, so ``y = x @ W + b``);
+embeddings (and an untied ``lm_head``) are ``[rows, d_model]``. Each backend converts to and from this
+layout in exactly one place (its ``weights`` module). Everything is float32.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+
+from llmdual.config import Config
+
+TASKS = ("lm", "classifier")
+
+
+def check_task(task: str) -> str:
+    """Return ``task`` if it is a known task, else raise naming the choices."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose one of {list(TASKS)}")
+    return task
+
+
+def canonical_shapes(config: Config, task: str = "lm") -> dict[str, tuple[int, ...]]:
+    """Every canonical parameter name mapped to its shape, in a fixed order."""
+    check_task(task)
+    C, F = config.d_model, config.d_ff
+    shapes: dict[str, tuple[int, ...]] = {
+        "wte.weight": (config.vocab_size, C),
+        "wpe.weight": (config.max_seq_len, C),
+    }
+    for i in range(config.n_layers):
+        p = f"h.{i}."
+        shapes.update({
+            p + "ln_1.weight": (C,),
+            p + "ln_1.bias": (C,),
+            p + "attn.c_attn.weight": (C, 3 * C),
+            p + "attn.c_attn.bias": (3 * C,),
+            p + "attn.c_proj.weight": (C, C),
+            p + "attn.c_proj.bias": (C,),
+            p + "ln_2.weight": (C,),
+            p + "ln_2.bias": (C,),
+            p + "mlp.c_fc.weight": (C, F),
+            p + "mlp.c_fc.bias": (F,),
+            p + "mlp.c_proj.weight": (F, C),
+            p + "mlp.c_proj.bias": (C,),
+        })
+    shapes["ln_f.weight"] = (C,)
+    shapes["ln_f.bias"] = (C,)
+    if task == "lm" and not config.tie_embeddings:
+        shapes["lm_head.weight"] = (config.vocab_size, C)
+    if task == "classifier":
+        shapes["score.weight"] = (C, config.num_classes)
+        shapes["score.bias"] = (config.num_classes,)
+    return shapes
+
+
+def init_weights(config: Config, task: str = "lm", seed: int = 0) -> dict[str, np.ndarray]:
+    """GPT-2 initialization in numpy: the one source of starting weights for every backend.
+
+    normal(0, 0.02) for matrices and embeddings, residual output projections (``c_proj``) scaled by
+    1/sqrt(2 * n_layers), zero biases, unit norm scales. Drawn in canonical order from one seeded
+    generator, so a seed fixes every value bit for bit.
+    """
+    rng = np.random.default_rng(seed)
+    residual_std = 0.02 / math.sqrt(2 * config.n_layers)
+    weights = {}
+    for name, shape in canonical_shapes(config, task).items():
+        if name.endswith(".bias"):
+            value = np.zeros(shape, np.float32)
+        elif ".ln_" in name or name.startswith("ln_"):
+            value = np.ones(shape, np.float32)
+        else:
+            std = residual_std if name.endswith("c_proj.weight") else 0.02
+            value = rng.standard_normal(shape, dtype=np.float32) * np.float32(std)
+        weights[name] = value
+    return weights
+
+
+def check_weights(
+    weights: Mapping[str, np.ndarray], config: Config, task: str = "lm"
+) -> dict[str, np.ndarray]:
+    """Validate names and shapes against the canonical layout; return float32 arrays in canonical order.
+
+    Raises ``ValueError`` listing every missing, unexpected and mis-shaped entry.
+    """
+    expected = canonical_shapes(config, task)
+    missing = [n for n in expected if n not in weights]
+    unexpected = sorted(n for n in weights if n not in expected)
+    misshaped = [
+        f"{n}: got {tuple(np.shape(weights[n]))}, expected {shape}"
+        for n, shape in expected.items()
+        if n in weights and tuple(np.shape(weights[n])) != shape
+    ]
+    if missing or unexpected or misshaped:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing}")
+        if unexpected:
+            parts.append(f"unexpected {unexpected}")
+        if misshaped:
+            parts.append(f"mis-shaped {misshaped}")
+        raise ValueError(f"weights do not match the {task} model of this config: " + "; ".join(parts))
+    return {n: np.asarray(weights[n], dtype=np.float32) for n in expected}
+
+
+def from_hf_gpt2(
+    state_dict: Mapping[str, object], hf_config: Mapping[str, object] | None = None
+) -> tuple[Config, dict[str, np.ndarray]]:
+    """Convert a Hugging Face GPT-2 state dict into a ``Config`` and canonical weights.
+
+    Accepts both ``GPT2LMHeadModel.state_dict()`` (``transformer.`` prefix, ``lm_head.weight``) and the
+    published checkpoint files (no prefix, causal-mask buffers such as ``h.0.attn.bias``). Values may be
+    numpy arrays or torch tensors. ``hf_config`` is the dict of HF's ``config.json``; without it GPT-2's
+    conventions are assumed (64-wide heads, eps 1e-5). HF's Conv1D already stores ``[in, out]``, the
+    canonical layout, so matrices pass through unchanged.
+    """
+    arrays = {}
+    for key, value in state_dict.items():
+        name = key.removeprefix("transformer.")
+        if name.endswith((".attn.bias", ".attn.masked_bias")) and np.ndim(_to_numpy(value)) != 1:
+            continue  # old causal-mask buffers, not parameters
+        arrays[name] = _to_numpy(value)
+    if "wte.weight" not in arrays or "wpe.weight" not in arrays:
+        raise ValueError("not a GPT-2 state dict: 'wte.weight' and 'wpe.weight' are required")
+    vocab_size, d_model = arrays["wte.weight"].shape
+    max_seq_len = arrays["wpe.weight"].shape[0]
+    layers = {int(n.split(".")[1]) for n in arrays if n.startswith("h.")}
+    n_layers = len(layers)
+    if layers != set(range(n_layers)):
+        raise ValueError(f"GPT-2 state dict has non-contiguous layers {sorted(layers)}")
+    hf = dict(hf_config or {})
+    n_heads = int(hf.get("n_head", d_model // 64))
+    d_ff = arrays["h.0.mlp.c_fc.weight"].shape[1] if n_layers else 4 * d_model
+    lm_head = arrays.pop("lm_head.weight", None)
+    tied = lm_head is None or np.array_equal(lm_head, arrays["wte.weight"])
+    if tied and hf.get("tie_word_embeddings") is False:
+        tied = False
+        lm_head = arrays["wte.weight"].copy() if lm_head is None else lm_head
+    if not tied:
+        arrays["lm_head.weight"] = lm_head
+    config = Config(
+        vocab_size=int(vocab_size),
+        max_seq_len=int(hf.get("n_positions", max_seq_len)),
+        d_model=int(d_model),
+        n_layers=n_layers,
+        n_heads=n_heads,
+        d_ff=int(d_ff),
+        norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
+        tie_embeddings=tied,
+    )
+    return config, check_weights(arrays, config, "lm")
+
+
+def _to_numpy(value: object) -> np.ndarray:
+    """numpy view of an array-like (numpy array or CPU/GPU torch tensor) without importing torch."""
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().float().numpy()
+    return np.asarray(value)

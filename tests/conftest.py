@@ -1,0 +1,35 @@
+"""Shared fixtures. Keras' backend is fixed per process: this suite runs Keras on TensorFlow unless
+KERAS_BACKEND says otherwise; the other Keras backends are checked in subprocesses (test_keras_backends.py)."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from llmdual.config import Config  # noqa: E402
+
+BACKENDS = ("torch", "keras")
+TASKS = ("lm", "classifier")
+
+
+@pytest.fixture
+def tiny() -> Config:
+    return Config.preset("tiny")
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> str:
+    return request.param
+
+
+@pytest.fixture(params=TASKS)
+def task(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def ids(tiny) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, tiny.vocab_size, (2, 12), dtype=np.int64)

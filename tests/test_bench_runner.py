@@ -1,0 +1,299 @@
+"""The benchmark runner against a fake worker script (every way a worker can end), plus environment capture."""
+
+import importlib.util
+import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from llmdual.bench import env, runner
+from llmdual.bench.results import build_document, read_jsonl
+from llmdual.bench.runner import CaseSpec
+
+FAKE_WORKER = textwrap.dedent('''
+    import argparse, json, os, signal, subprocess, sys, time
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--case-json", required=True)
+    parser.add_argument("--result", required=True)
+    args = parser.parse_args()
+    case = json.loads(args.case_json)
+    mode = case["settings"]["mode"]
+
+    def peak_rss_mb():
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+
+    def write(result):
+        with open(args.result, "w") as handle:
+            json.dump(result, handle)
+
+    if mode == "ok":
+        ballast = bytearray(int(case["settings"].get("ballast_mb", 0) * 2**20))
+        for i in range(0, len(ballast), 4096):
+            ballast[i] = 1  # touch every page so it counts as resident
+        time.sleep(case["settings"].get("hold_s", 0))
+        seen = 0
+        if "jsonl" in case["settings"] and os.path.exists(case["settings"]["jsonl"]):
+            with open(case["settings"]["jsonl"]) as handle:
+                seen = sum(1 for line in handle if line.strip())
+        write({"status": "ok", "reason": None,
+               "measurements": {"tokens_per_s": case["settings"].get("values", [100.0, 101.0, 99.0])},
+               "scalars": {"peak_rss_mb": peak_rss_mb(),
+                           "warmup_s": 0.5, "lines_seen": seen}})
+    elif mode == "env":
+        write({"status": "ok", "reason": None, "measurements": {},
+               "scalars": {"keras_backend": os.environ.get("KERAS_BACKEND"),
+                           "omp": os.environ.get("OMP_NUM_THREADS"),
+                           "cores": len(os.sched_getaffinity(0))}})
+    elif mode == "mismatch":
+        write({"status": "mismatch", "reason": "max_abs_diff 0.5 > 1e-4",
+               "measurements": {"tokens_per_s": [50.0]}, "scalars": {"max_abs_diff": 0.5}})
+    elif mode == "failed":
+        write({"status": "failed", "reason": "dtype bfloat16 unsupported here", "measurements": {}, "scalars": {}})
+    elif mode == "no-reason":
+        write({"status": "failed", "reason": None, "measurements": {}, "scalars": {}})
+    elif mode == "garbage":
+        with open(args.result, "w") as handle:
+            handle.write("{not json")
+    elif mode == "raise":
+        raise RuntimeError("kaboom in the worker")
+    elif mode == "exit":
+        sys.stderr.write("about to leave\\n")
+        sys.stderr.flush()
+        os._exit(3)
+    elif mode == "oom":
+        sys.stderr.write("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB\\n")
+        sys.exit(1)
+    elif mode == "signal":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif mode == "hang":
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        with open(case["settings"]["pidfile"], "w") as handle:
+            handle.write(str(child.pid))
+        time.sleep(60)
+    # mode "silent": exit 0 without a result
+''')
+
+
+@pytest.fixture
+def fake(tmp_path):
+    """A command builder running the fake worker instead of ``python -m llmdual.bench.worker``."""
+    script = tmp_path / "fake_worker.py"
+    script.write_text(FAKE_WORKER)
+    return lambda case_json, result: [sys.executable, str(script), "--case-json", case_json, "--result", result]
+
+
+def quiet() -> Console:
+    return Console(file=io.StringIO(), width=200)
+
+
+def _state(pid: int) -> str | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("State:"):
+                return line.split()[1]
+    except FileNotFoundError:
+        return None
+    return None
+
+
+def test_every_outcome_is_recorded_and_the_run_goes_on(tmp_path, fake):
+    modes = ["ok", "raise", "exit", "oom", "signal", "garbage", "silent", "no-reason", "mismatch", "failed"]
+    specs = [CaseSpec(f"fake-{m}", "infer", {"mode": m}) for m in modes]
+    jsonl = tmp_path / "runs.jsonl"
+    console = quiet()
+    records = runner.run_cases(specs, jsonl, timeout_s=30, command=fake, console=console)
+    by_mode = {r["settings"]["mode"]: r for r in records}
+    assert set(by_mode) == set(modes)
+    expected = {"ok": "ok", "raise": "crashed", "exit": "crashed", "oom": "crashed", "signal": "crashed",
+                "garbage": "crashed", "silent": "crashed", "no-reason": "crashed", "mismatch": "mismatch",
+                "failed": "failed"}
+    assert {m: r["status"] for m, r in by_mode.items()} == expected
+    assert "kaboom in the worker" in by_mode["raise"]["stderr_tail"]
+    assert "RuntimeError" in by_mode["raise"]["reason"]
+    assert by_mode["exit"]["returncode"] == 3 and "about to leave" in by_mode["exit"]["stderr_tail"]
+    assert by_mode["oom"]["reason"].startswith("out of memory")
+    assert "SIGKILL" in by_mode["signal"]["reason"]
+    assert "not JSON" in by_mode["garbage"]["reason"]
+    assert "without writing" in by_mode["silent"]["reason"]
+    assert "must give a reason" in by_mode["no-reason"]["reason"]
+    assert by_mode["mismatch"]["reason"] == "max_abs_diff 0.5 > 1e-4"
+    assert by_mode["ok"]["measurements"] == {"tokens_per_s": [100.0, 101.0, 99.0]}
+    assert by_mode["ok"]["reason"] is None
+    # the JSONL file holds exactly what was returned, every finished case
+    assert read_jsonl(jsonl) == json.loads(json.dumps(records))
+    log = console.file.getvalue()
+    assert all(f"fake-{m}" in log for m in modes)
+    # and the records make a valid document whose cases keep their statuses
+    doc = build_document({}, {"seed": 0}, records)
+    assert {c["engine"]: c["status"] for c in doc["cases"]} == {f"fake-{m}": s for m, s in expected.items()}
+
+
+def test_timeout_kills_the_worker_and_everything_it_started(tmp_path, fake):
+    pidfile = tmp_path / "grandchild.pid"
+    spec = CaseSpec("fake-hang", "train", {"mode": "hang", "pidfile": str(pidfile)})
+    started = time.monotonic()
+    records = runner.run_cases([spec, CaseSpec("fake-ok", "train", {"mode": "ok"})], tmp_path / "r.jsonl",
+                               timeout_s=1.5, command=fake, console=quiet())
+    assert time.monotonic() - started < 15
+    hung = next(r for r in records if r["engine"] == "fake-hang")
+    assert hung["status"] == "timeout" and "1.5 s" in hung["reason"]
+    assert next(r for r in records if r["engine"] == "fake-ok")["status"] == "ok"
+    grandchild = int(pidfile.read_text())
+    for _ in range(50):  # killed with its process group; at most a zombie until something reaps it
+        if _state(grandchild) in (None, "Z"):
+            break
+        time.sleep(0.05)
+    assert _state(grandchild) in (None, "Z")
+
+
+def test_results_are_appended_as_each_case_finishes(tmp_path, fake):
+    jsonl = tmp_path / "runs.jsonl"
+    specs = [CaseSpec(f"fake-{i}", "infer", {"mode": "ok", "jsonl": str(jsonl)}) for i in range(4)]
+    records = runner.run_cases(specs, jsonl, rounds=2, seed=3, command=fake, console=quiet())
+    # each worker saw the lines of every case that finished before it started
+    assert [r["scalars"]["lines_seen"] for r in records] == list(range(8))
+
+
+def test_an_interrupt_keeps_every_finished_case(tmp_path, fake):
+    calls = []
+
+    def interrupting(case_json, result):
+        calls.append(case_json)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return fake(case_json, result)
+
+    jsonl = tmp_path / "runs.jsonl"
+    specs = [CaseSpec(f"fake-{i}", "infer", {"mode": "ok"}) for i in range(5)]
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_cases(specs, jsonl, command=interrupting, console=quiet())
+    kept = read_jsonl(jsonl)
+    assert len(kept) == 2 and all(r["status"] == "ok" for r in kept)
+
+
+def test_peak_rss_is_the_workers_own_not_the_parents(fake):
+    ballast = bytearray(200 * 2**20)  # a parent bigger than the workers must not leak into their figures
+    ballast[:: 4096] = b"\x01" * len(ballast[:: 4096])
+    heavy = runner.run_case(CaseSpec("fake-ok", "infer", {"mode": "ok", "ballast_mb": 80, "hold_s": 0.5}),
+                             command=fake)
+    light = runner.run_case(CaseSpec("fake-ok", "infer", {"mode": "ok"}), command=fake)
+    assert heavy["status"] == light["status"] == "ok"
+    assert heavy["scalars"]["peak_rss_mb"] >= 80 and heavy["child_peak_rss_mb"] >= 80
+    assert light["child_peak_rss_mb"] < 80 and light["scalars"]["peak_rss_mb"] < 80
+    assert len(ballast) < heavy["child_peak_rss_mb"] * 2**20 * 3  # keeps the parent's ballast alive until here
+
+
+def test_missing_framework_is_skipped_naming_the_extra(tmp_path, fake, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("jax", "jaxlib", "onnx", "tf2onnx") else real(name, *a))
+    ran = []
+
+    def command(case_json, result):
+        ran.append(json.loads(case_json)["engine"])
+        return fake(case_json, result)
+
+    specs = [CaseSpec("keras-jax", "train", {"mode": "ok"}), CaseSpec("ort-keras-export", "infer", {"mode": "ok"}),
+             CaseSpec("fake-ok", "train", {"mode": "ok"})]
+    records = runner.run_cases(specs, tmp_path / "r.jsonl", rounds=2, command=command, console=quiet())
+    by_engine = {}
+    for record in records:
+        by_engine.setdefault(record["engine"], []).append(record)
+    assert ran == ["fake-ok", "fake-ok"]
+    [jax] = by_engine["keras-jax"]  # recorded once, not once per round
+    assert jax["status"] == "skipped"
+    assert "jax" in jax["reason"] and "llmdual[jax]" in jax["reason"]
+    [ort] = by_engine["ort-keras-export"]
+    assert ort["status"] == "skipped" and "onnx" in ort["reason"] and "llmdual[onnx]" in ort["reason"]
+    assert runner.skip_reason("fake-anything") is None
+
+
+def test_plan_runs_every_case_each_round_in_a_seeded_shuffled_order():
+    specs = [CaseSpec(f"e{i}", "train") for i in range(8)]
+    order = runner.plan(specs, rounds=3, seed=11)
+    rounds = [[s.engine for r, s in order if r == k] for k in range(3)]
+    assert all(sorted(r) == sorted(s.engine for s in specs) for r in rounds)
+    assert len({tuple(r) for r in rounds}) > 1  # reshuffled between rounds
+    assert runner.plan(specs, 3, 11) == order
+    assert runner.plan(specs, 3, 12) != order
+    with pytest.raises(ValueError):
+        runner.plan(specs, 0, 1)
+
+
+def test_worker_env_sets_backend_threads_and_devices():
+    base = {"PATH": "/bin", "XLA_FLAGS": "--xla_dump_to=/tmp/x"}
+    jax_cpu = runner.worker_env(CaseSpec("keras-jax", "train", {"threads": 1, "device": "cpu"}), base)
+    assert jax_cpu["KERAS_BACKEND"] == "jax"
+    assert jax_cpu["OMP_NUM_THREADS"] == jax_cpu["MKL_NUM_THREADS"] == jax_cpu["TF_NUM_INTRAOP_THREADS"] == "1"
+    assert jax_cpu["XLA_FLAGS"].startswith("--xla_dump_to=/tmp/x") and "intra_op_parallelism_threads=1" in jax_cpu["XLA_FLAGS"]
+    assert jax_cpu["CUDA_VISIBLE_DEVICES"] == "" and jax_cpu["TF_CPP_MIN_LOG_LEVEL"] == "2"
+    torch_gpu = runner.worker_env(CaseSpec("keras-torch", "infer", {"threads": 4, "device": "cuda"}), base)
+    assert torch_gpu["KERAS_BACKEND"] == "torch" and torch_gpu["OMP_NUM_THREADS"] == "4"
+    assert "CUDA_VISIBLE_DEVICES" not in torch_gpu and torch_gpu["XLA_FLAGS"] == base["XLA_FLAGS"]
+    assert runner.worker_env(CaseSpec("keras-tensorflow-xla", "infer"), base)["KERAS_BACKEND"] == "tensorflow"
+    assert "KERAS_BACKEND" not in runner.worker_env(CaseSpec("torch-eager", "infer"), base)
+
+
+def test_worker_gets_its_environment_and_is_pinned_to_its_threads(fake):
+    record = runner.run_case(CaseSpec("keras-jax", "train", {"mode": "env", "threads": 1}), command=fake)
+    assert record["status"] == "ok"
+    assert record["scalars"] == {"keras_backend": "jax", "omp": "1", "cores": 1}
+    assert len(os.sched_getaffinity(0)) >= 1  # the parent keeps all its cores
+
+
+def test_unknown_workload_is_refused_before_anything_runs(tmp_path, fake):
+    with pytest.raises(ValueError, match="workload"):
+        runner.run_cases([CaseSpec("fake", "dance", {"mode": "ok"})], tmp_path / "r.jsonl", command=fake)
+    assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_environment_capture_reads_metadata_and_imports_no_framework():
+    code = ("import sys, json; from llmdual.bench import env, report, results, runner, flops, stats; "
+            "doc = env.capture(threads=2, flags={'out': __import__('pathlib').Path('x')}); "
+            "print(json.dumps([doc, sorted(m for m in ('torch', 'tensorflow', 'keras', 'jax') if m in sys.modules)]))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    captured, imported = json.loads(done.stdout)
+    assert imported == []
+    assert captured["threads"] == 2 and captured["flags"] == {"out": "x"}
+    assert captured["python"] == sys.version.split()[0]
+    import numpy
+    assert captured["packages"]["numpy"] == numpy.__version__
+
+
+def test_package_versions_of_absent_packages_are_none():
+    assert env.package_versions(("surely_not_installed_pkg_xyz",)) == {"surely_not_installed_pkg_xyz": None}
+
+
+def test_cpu_model_and_memory_come_from_proc_files(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: Acme\nmodel name\t: Acme Turbo 9000 @ 3.0GHz\n")
+    assert env.cpu_model(cpuinfo) == "Acme Turbo 9000 @ 3.0GHz"
+    assert env.cpu_model(tmp_path / "missing")  # falls back to platform, never empty
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       16777216 kB\nMemFree:  1 kB\n")
+    assert env.memory_gb(meminfo) == 16.0
+    assert env.memory_gb(tmp_path / "missing") is None
+
+
+def test_gpus_come_from_nvidia_smi_when_present(tmp_path, monkeypatch):
+    tool = tmp_path / "nvidia-smi"
+    tool.write_text("#!/bin/sh\necho 'NVIDIA H100 80GB HBM3, 550.54.15'\necho 'NVIDIA A100-PCIE-40GB, 550.54.15'\n")
+    tool.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert env.gpus() == [{"name": "NVIDIA H100 80GB HBM3", "driver": "550.54.15"},
+                          {"name": "NVIDIA A100-PCIE-40GB", "driver": "550.54.15"}]
+    tool.write_text("#!/bin/sh\necho 'NVIDIA-SMI has failed' >&2\nexit 9\n")
+    assert env.gpus() == []
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    assert env.gpus() == []

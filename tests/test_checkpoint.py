@@ -1,0 +1,61 @@
+import json
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+import llmdual
+
+
+@pytest.mark.parametrize("src, dst", [("torch", "keras"), ("keras", "torch"), ("torch", "torch"), ("keras", "keras")])
+def test_save_load_is_bit_identical(tiny, task, src, dst, tmp_path):
+    model = llmdual.build(tiny, src, task, seed=3)
+    path = llmdual.save(model, tmp_path / "m.safetensors")
+    restored = llmdual.load(path, backend=dst)
+    a, b = llmdual.get_weights(model), llmdual.get_weights(restored)
+    assert restored.config == tiny and restored.task == task
+    assert all(np.array_equal(a[n], b[n]) for n in a)
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]  # no temporary file left behind
+
+
+def test_truncated_checkpoint_is_reported(tiny, tmp_path):
+    path = llmdual.save(llmdual.build(tiny, "torch"), tmp_path / "m.safetensors")
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ValueError, match="not a readable safetensors checkpoint \\(truncated or corrupt"):
+        llmdual.load(path)
+
+
+def test_mismatched_checkpoint_lists_the_problems(tiny, tmp_path):
+    weights = llmdual.init_weights(tiny)
+    weights["wte.weight"] = weights["wte.weight"][:10]
+    metadata = {"format": "llmdual/1", "task": "lm", "config": tiny.to_json()}
+    save_file(weights, tmp_path / "bad.safetensors", metadata=metadata)
+    with pytest.raises(ValueError, match=r"wte.weight: got \(10, 64\), expected \(256, 64\)"):
+        llmdual.load(tmp_path / "bad.safetensors")
+
+
+def test_foreign_safetensors_and_missing_files(tiny, tmp_path):
+    save_file({"x": np.zeros(2, np.float32)}, tmp_path / "other.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="not an llmdual checkpoint: format 'pt'"):
+        llmdual.load(tmp_path / "other.safetensors")
+    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+        llmdual.load(tmp_path / "absent.safetensors")
+    bad_meta = {"format": "llmdual/1", "task": "lm", "config": json.dumps({"d_model": 3})}
+    save_file(llmdual.init_weights(tiny), tmp_path / "meta.safetensors", metadata=bad_meta)
+    with pytest.raises((ValueError, TypeError)):
+        llmdual.load(tmp_path / "meta.safetensors")
+
+
+def test_failed_write_leaves_nothing(tiny, tmp_path, monkeypatch):
+    from llmdual import checkpoint
+
+    def explode(weights, path, metadata):
+        open(path, "wb").write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint, "save_file", explode)
+    with pytest.raises(OSError, match="disk full"):
+        llmdual.save(llmdual.build(tiny, "torch"), tmp_path / "m.safetensors")
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(FileNotFoundError, match="folder .* does not exist"):
+        llmdual.save(llmdual.build(tiny, "torch"), tmp_path / "no" / "m.safetensors")

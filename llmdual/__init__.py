@@ -4,7 +4,10 @@ from llmdual.api import build, forward, get_weights, set_weights
 from llmdual.backend import backend_of
 from llmdual.checkpoint import load, save
 from llmdual.config import Config
+from llmdual.evaluate import evaluate
+from llmdual.generate import generate
 from llmdual.tokenizer import Tokenizer
+from llmdual.training import TrainConfig, train
 from llmdual.weights import from_hf_gpt2, init_weights
 
 __version__ = "0.1.0"
@@ -22,14 +25,18 @@ def __getattr__(name: str):
 __all__ = [
     "Config",
     "Tokenizer",
+    "TrainConfig",
     "backend_of",
     "build",
+    "evaluate",
     "export_onnx",
     "forward",
     "from_hf_gpt2",
+    "generate",
     "get_weights",
     "init_weights",
     "load",
     "save",
     "set_weights",
+    "train",
 ]

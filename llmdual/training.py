@@ -236,6 +236,16 @@ class Monitor:
     def step_begin(self) -> None:
         self._t0 = time.perf_counter()
 
+    def evaluating(self, step: int) -> bool:
+        """Whether ``step_end(step, ...)`` evaluates."""
+        done = step + 1
+        return bool(self.val) and (done == self.cfg.steps or bool(self.cfg.eval_interval and done % self.cfg.eval_interval == 0))
+
+    def checkpointing(self, step: int) -> bool:
+        """Whether ``step_end(step, ...)`` writes a checkpoint."""
+        done, cfg = step + 1, self.cfg
+        return bool(cfg.checkpoint_dir) and (done == cfg.steps or bool(cfg.checkpoint_interval and done % cfg.checkpoint_interval == 0))
+
     def step_end(self, step: int, loss: float, lr: float, grad_norm: float, tokens: int) -> None:
         """Record finished 0-based ``step``, then evaluate and checkpoint when due."""
         h, cfg, done = self.history, self.cfg, step + 1
@@ -246,12 +256,12 @@ class Monitor:
         if not math.isfinite(loss):
             self.bar.close()
             raise FloatingPointError(f"loss became {loss} at step {step} (lr {lr:.3g}); lower the learning rate")
-        if self.val and (done == cfg.steps or (cfg.eval_interval and done % cfg.eval_interval == 0)):
+        if self.evaluating(step):
             from llmdual.evaluate import mean_loss
 
             h.val_step.append(step)
             h.val_loss.append(mean_loss(self.model, self.val))
-        if cfg.checkpoint_dir and (done == cfg.steps or (cfg.checkpoint_interval and done % cfg.checkpoint_interval == 0)):
+        if self.checkpointing(step):
             save_checkpoint(self.model, self.moments(), done, cfg, h)
         postfix = {"loss": f"{loss:.4f}", "lr": f"{lr:.2e}", "tok/s": f"{tokens / seconds:,.0f}"}
         if h.val_loss:

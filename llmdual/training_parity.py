@@ -28,6 +28,9 @@ LOSS_RTOL = 1e-4
 # every weight by ~lr per step whatever the gradient's size, so where a gradient is ~0 its rounding noise can
 # flip an update's sign: the bound is a few percent of one step (lr 1e-3) on weights of scale ~0.1-1.
 WEIGHT_RTOL = 1e-3
+# The global gradient norm, per step, relative: a sum of squares dominated by the largest entries, so it
+# amplifies the weights' drift (see above) more than the loss does; observed up to ~3e-4 on `small`.
+GRAD_NORM_RTOL = 1e-3
 STEPS = 20
 GENERATED_TOKENS = 32
 
@@ -104,7 +107,7 @@ def check_trajectory(ctx: ParityContext, cfg: TrainConfig | None = None) -> list
     clipped = int((norms_t > cfg.grad_clip).sum())
     rel = float((np.abs(norms_t - norms_k) / norms_t).max())
     checks.append(Check("trajectory: pre-clip gradient norms", float(np.abs(norms_t - norms_k).max()), rel,
-                        LOSS_RTOL, rel <= LOSS_RTOL, f"clipped at {cfg.grad_clip} on {clipped}/{len(norms_t)} steps"))
+                        GRAD_NORM_RTOL, rel <= GRAD_NORM_RTOL, f"clipped at {cfg.grad_clip} on {clipped}/{len(norms_t)} steps"))
     return checks
 
 

@@ -29,7 +29,7 @@ def outline(path: Path) -> dict[str, list[str]]:
     for node in tree.body:
         if isinstance(node, ast.ClassDef):
             methods = [n.name for n in node.body if isinstance(n, ast.FunctionDef) and n.name not in FRAMEWORK_ONLY]
-            found[node.name] = [m for m in methods if m != "__init__"]
+            found[node.name] = [m for m in methods if not m.startswith("_")]  # private helpers may differ
         elif isinstance(node, ast.FunctionDef):
             found[node.name] = []
     return found

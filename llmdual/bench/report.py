@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from llmdual.bench.results import METRICS, POINT_KEYS, WORKLOAD_METRICS, WORKLOADS, Metric
+from llmdual.files import atomic_write
 
 # Which workloads (and so which summary groups) each stated priority is decided on.
 PRIORITIES: dict[str, tuple[str, ...]] = {
@@ -219,8 +220,7 @@ def markdown_report(doc: dict[str, Any], priority: str, charts: Sequence[Path] =
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    FigureCanvasAgg(fig).print_png(str(path))
-    return path
+    return atomic_write(path, lambda tmp: FigureCanvasAgg(fig).print_png(tmp))
 
 
 def _colors(doc: dict[str, Any]) -> dict[str, str]:
@@ -290,5 +290,6 @@ def write_report(doc: dict[str, Any], out_dir: str | Path, priority: str) -> lis
     out_dir.mkdir(parents=True, exist_ok=True)
     charts = plot_throughput(doc, out_dir) + plot_sweeps(doc, out_dir)
     md = out_dir / "report.md"
-    md.write_text(markdown_report(doc, priority, charts))
+    text = markdown_report(doc, priority, charts)
+    atomic_write(md, lambda tmp: Path(tmp).write_text(text))
     return [md, *charts]

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from llmdual.bench import flops, stats
-from llmdual.files import atomic_write
 from llmdual.config import Config
+from llmdual.files import atomic_write
 
 SCHEMA = "llmdual.bench/1"
 STATUSES = ("ok", "failed", "crashed", "timeout", "skipped", "mismatch")

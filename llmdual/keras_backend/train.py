@@ -18,8 +18,17 @@ from keras import ops
 from llmdual.keras_backend.api import value_and_grad
 from llmdual.keras_backend.model import cross_entropy
 from llmdual.keras_backend.weights import stored_transposed, variable
-from llmdual.training import (Batch, BatchFn, History, Monitor, TrainConfig, check_batch, lr_at, micro_weights,
-                              restore_checkpoint)
+from llmdual.training import (
+    Batch,
+    BatchFn,
+    History,
+    Monitor,
+    TrainConfig,
+    check_batch,
+    lr_at,
+    micro_weights,
+    restore_checkpoint,
+)
 from llmdual.weights import canonical_shapes
 
 
@@ -152,32 +161,55 @@ class Trainer(keras.Model):
         self.compile(optimizer=keras.optimizers.LossScaleOptimizer(optimizer) if fp16 else optimizer,
                      jit_compile=cfg.jit_compile)
 
-    def train_step(self, data):
-        """Keras' hook: accumulate the weighted micro-batches' gradients, then clip and update in ``AdamW``."""
+    def train_step(self, *args):
+        """Keras' hook, ``(data)``: accumulate the weighted micro-batches' gradients, then clip and update in
+        ``AdamW``. On JAX, Keras calls it statelessly as ``(state, data)`` and takes back ``(logs, state)``."""
+        if keras.backend.backend() == "jax":
+            return self._stateless_train_step(*args)
+        total, grads = self._gradients(args[0])
+        self.optimizer.apply(grads, self.params)
+        inner = getattr(self.optimizer, "inner_optimizer", self.optimizer)  # fp16 wraps AdamW in loss scaling
+        return {"loss": total, "grad_norm": ops.convert_to_tensor(inner.grad_norm)}
+
+    def _gradients(self, data) -> tuple[object, list]:
+        """The batch's loss and the gradients (canonical order) summed over its weighted micro-batches."""
         if isinstance(data, tuple):  # train_on_batch hands over (x, y, sample_weight)
             data = data[0]
         ids, targets, weights = data["ids"], data["targets"], data["weights"]
         mask = data.get("mask")
         k, rows = self.cfg.grad_accum, self.cfg.batch_size // self.cfg.grad_accum
+        scale = getattr(self.optimizer, "dynamic_scale", None)  # fp16: the loss-scaling optimizer's factor
         total, grads = 0.0, None
         for i in range(k):
             part = slice(i * rows, (i + 1) * rows)
-            losses = []
 
             def loss_fn():
                 logits = self.network(ids[part], None if mask is None else mask[part], training=True)
-                losses.append(cross_entropy(logits, targets[part]) * weights[i])
-                return self.optimizer.scale_loss(losses[-1])
+                return self.optimizer.scale_loss(cross_entropy(logits, targets[part]) * weights[i])
 
-            _, g = value_and_grad(loss_fn, self.params)
+            loss, g = value_and_grad(loss_fn, self.params)
             # Embedding gathers give TensorFlow sparse slices with repeated rows: adding them to zeros sums the
             # repeats into a dense gradient, so the clipping norm and accumulation see the true gradient.
             g = [ops.add(ops.zeros(p.shape, x.dtype), x) for p, x in zip(self.params, g)]
             grads = g if grads is None else [ops.add(a, b) for a, b in zip(grads, g)]
-            total = total + losses[-1]
-        self.optimizer.apply(grads, self.params)
-        inner = getattr(self.optimizer, "inner_optimizer", self.optimizer)  # fp16 wraps AdamW in loss scaling
-        return {"loss": total, "grad_norm": ops.convert_to_tensor(inner.grad_norm)}
+            total = total + (loss if scale is None else loss / ops.cast(scale, loss.dtype))
+        return total, grads
+
+    def _stateless_train_step(self, state, data):
+        """JAX: the same step as a pure function of the variables' values (Keras' JAX trainer contract)."""
+        trainable, non_trainable, optimizer_values, metrics_values = state
+        index = {id(v): i for i, v in enumerate(self.trainable_variables)}
+        order = [index[id(p)] for p in self.params]
+        params = [trainable[i] for i in order]
+        mapping = list(zip(self.params, params)) + list(zip(self.non_trainable_variables, non_trainable))
+        with keras.StatelessScope(state_mapping=mapping):
+            total, grads = self._gradients(data)
+        new_params, optimizer_values = self.optimizer.stateless_apply(optimizer_values, grads, params)
+        trainable = list(trainable)
+        for i, value in zip(order, new_params):
+            trainable[i] = value
+        norm = optimizer_values[[id(v) for v in self.optimizer.variables].index(id(self.optimizer.grad_norm))]
+        return {"loss": total, "grad_norm": norm}, (trainable, non_trainable, optimizer_values, metrics_values)
 
     def step(self, batch: Batch) -> tuple[float, float]:
         """One optimizer step on a numpy ``batch`` (split into ``grad_accum`` micro-batches) at the schedule's
@@ -219,6 +251,8 @@ class StepMonitor(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         step = self.start + batch
+        if (self.monitor.evaluating(step) or self.monitor.checkpointing(step)) and hasattr(self.model, "jax_state_sync"):
+            self.model.jax_state_sync()  # on JAX, fit keeps the values in its own state until synced
         self.monitor.step_end(step, float(logs["loss"]), float(lr_at(step, self.cfg)), float(logs["grad_norm"]),
                               self.tokens)
 
@@ -226,9 +260,9 @@ class StepMonitor(keras.callbacks.Callback):
 def train(model: keras.Model, get_batch: BatchFn, cfg: TrainConfig, val: Sequence[Batch],
           resume: str | Path | None = None) -> History:
     """Run steps ``start .. cfg.steps - 1`` (``start`` from ``resume``'s checkpoint, else 0); return the history."""
-    if keras.backend.backend() == "jax":
-        raise ValueError("Keras training runs on the tensorflow and torch Keras backends, not 'jax' "
-                         "(set KERAS_BACKEND=tensorflow or torch)")
+    if keras.backend.backend() == "jax" and model.config.dropout > 0:
+        raise ValueError("Keras training on the JAX backend supports dropout 0 only (its stateless step does not "
+                         "carry the dropout seed); set Config.dropout=0 or KERAS_BACKEND=tensorflow or torch")
     with precision_context(cfg.precision, model):
         optimizer = make_optimizer(model, cfg)
         start, history = 0, History("keras")

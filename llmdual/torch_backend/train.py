@@ -17,8 +17,17 @@ from torch import nn
 
 from llmdual.torch_backend.model import cross_entropy
 from llmdual.torch_backend.weights import stored_transposed
-from llmdual.training import (Batch, BatchFn, History, Monitor, TrainConfig, check_batch, lr_at, micro_weights,
-                              restore_checkpoint)
+from llmdual.training import (
+    Batch,
+    BatchFn,
+    History,
+    Monitor,
+    TrainConfig,
+    check_batch,
+    lr_at,
+    micro_weights,
+    restore_checkpoint,
+)
 from llmdual.weights import canonical_shapes
 
 

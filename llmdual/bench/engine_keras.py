@@ -1,0 +1,159 @@
+"""The Keras engines: llmdual's Keras model on whichever backend ``KERAS_BACKEND`` selected for this process.
+
+Each backend runs the way Keras itself runs it: the batch forward compiled as Keras' ``predict`` would
+(``tf.function``, with XLA only for ``keras-tensorflow-xla``; ``jax.jit``; eager on torch), training through
+llmdual's Keras ``Trainer`` with ``jit_compile`` set the same way, and generation through llmdual's eager
+decoder. Mixed precision is Keras' global dtype policy (``mixed_bfloat16``/``mixed_float16``: float32
+variables, reduced-precision compute), set before the model is built.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import keras
+import numpy as np
+from keras import ops
+
+import llmdual
+from llmdual.bench.workloads import PROBE_SIZE, probe
+from llmdual.config import Config
+from llmdual.generate import decoder_for
+from llmdual.keras_backend.train import Trainer
+from llmdual.training import Batch, TrainConfig
+
+POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+
+
+class KerasEngine:
+    """llmdual's Keras model on this process's Keras backend; ``jit_compile`` for the forward and training step."""
+
+    def __init__(self, settings: Mapping[str, Any], jit_compile: bool):
+        self.backend = keras.backend.backend()
+        self.cuda = settings.get("device") == "cuda"
+        self.jit_compile, self.model, self.dtype = jit_compile, None, "float32"
+        threads = int(settings.get("threads") or 0)
+        tf32 = bool(settings.get("tf32"))
+        if self.backend == "tensorflow":
+            import tensorflow as tf
+
+            if threads:
+                tf.config.threading.set_intra_op_parallelism_threads(threads)
+                tf.config.threading.set_inter_op_parallelism_threads(1)
+            tf.config.experimental.enable_tensor_float_32_execution(tf32)
+            has_gpu = bool(tf.config.list_physical_devices("GPU"))
+        elif self.backend == "jax":
+            import jax
+
+            jax.config.update("jax_default_matmul_precision", "tensorfloat32" if tf32 else "highest")
+            has_gpu = any(d.platform == "gpu" for d in jax.devices())
+        else:
+            import torch
+
+            if threads:
+                torch.set_num_threads(threads)
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+            has_gpu = torch.cuda.is_available()
+        if self.cuda and not has_gpu:
+            raise RuntimeError(f"no CUDA device visible to Keras on {self.backend}")
+
+    def prepare(self, settings: Mapping[str, Any], task: str, kv_cache: bool) -> dict[str, float]:
+        self.dtype = settings["dtype"]
+        keras.config.set_dtype_policy(POLICIES[self.dtype])
+        started = time.perf_counter()
+        self.model = llmdual.build(Config.from_dict(settings["config"]), "keras", task, settings["seed"])
+        return {"build_s": time.perf_counter() - started}
+
+    def sync(self, output: Any = None) -> Any:
+        """Wait for ``output`` (JAX dispatches asynchronously) or for the GPU's queue; returns ``output``."""
+        if self.backend == "jax":
+            import jax
+
+            return jax.block_until_ready(output)
+        if self.cuda and self.backend == "tensorflow":
+            import tensorflow as tf
+
+            tf.test.experimental.sync_devices()
+        elif self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+        return output
+
+    def _compiled(self) -> Callable[[Any, Any], Any]:
+        """The no-grad forward as Keras' ``predict`` compiles it on this backend."""
+        model = self.model
+        if self.backend == "tensorflow":
+            import tensorflow as tf
+
+            return tf.function(lambda ids, mask: model(ids, mask, training=False), jit_compile=self.jit_compile)
+        if self.backend == "jax":
+            import jax
+
+            jitted = jax.jit(lambda trainable, other, ids, mask: model.stateless_call(
+                trainable, other, ids, mask, training=False)[0])
+            trainable = [v.value for v in model.trainable_variables]
+            other = [v.value for v in model.non_trainable_variables]
+            return lambda ids, mask: jitted(trainable, other, ids, mask)
+        import torch
+
+        def eager(ids: Any, mask: Any) -> Any:
+            with torch.no_grad():
+                return model(ids, mask, training=False)
+
+        return eager
+
+    def forward(self, ids: np.ndarray, mask: np.ndarray | None) -> Callable[[], Any]:
+        fn = self._compiled()
+        ids_t = ops.convert_to_tensor(np.asarray(ids, np.int64))
+        mask_t = None if mask is None else ops.convert_to_tensor(np.asarray(mask, np.int64))
+        return lambda: self.sync(fn(ids_t, mask_t))
+
+    def to_numpy(self, output: Any) -> np.ndarray:
+        return np.asarray(ops.convert_to_numpy(ops.cast(output, "float32")), np.float32)
+
+    def trainer(self, cfg: TrainConfig) -> Callable[[Batch], tuple[float, float]]:
+        return Trainer(self.model, cfg.replace(jit_compile=self.jit_compile)).step  # floats: the step is done
+
+    def decoder(self) -> Any:
+        return decoder_for(self.model)
+
+    def probe_flops(self) -> float:
+        n = PROBE_SIZE["cuda" if self.cuda else "cpu"]
+        a = ops.cast(keras.random.normal((n, n), seed=0), self.dtype)
+        return probe(lambda: self.sync(ops.matmul(a, a)), n)
+
+    def reset_peaks(self) -> None:
+        if self.cuda and self.backend == "tensorflow":
+            import tensorflow as tf
+
+            tf.config.experimental.reset_memory_stats("GPU:0")
+        elif self.cuda and self.backend == "torch":
+            import torch
+
+            torch.cuda.reset_peak_memory_stats()
+
+    def peak_device_mb(self) -> float | None:
+        """The allocator's peak; on JAX the process's peak so far (JAX cannot reset it)."""
+        if not self.cuda:
+            return None
+        if self.backend == "tensorflow":
+            import tensorflow as tf
+
+            return tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
+        if self.backend == "jax":
+            import jax
+
+            stats = jax.devices()[0].memory_stats() or {}
+            return stats["peak_bytes_in_use"] / 2**20 if "peak_bytes_in_use" in stats else None
+        import torch
+
+        return torch.cuda.max_memory_allocated() / 2**20
+
+    def release(self) -> None:
+        self.model = None
+        keras.backend.clear_session()
+        gc.collect()

@@ -1,0 +1,121 @@
+"""The PyTorch engines: llmdual's PyTorch model, eager (``torch-eager``) or under ``torch.compile``.
+
+Mixed precision is ``torch.autocast`` (weights stay float32), as llmdual's trainer does it; on CUDA every timed
+call ends with ``torch.cuda.synchronize`` and device memory is the caching allocator's own peak.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+import llmdual
+from llmdual.bench.workloads import PROBE_SIZE, probe
+from llmdual.config import Config
+from llmdual.generate import decoder_for
+from llmdual.torch_backend.train import Trainer
+from llmdual.training import Batch, TrainConfig
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class Autocast:
+    """A ``Decoder`` whose prefill and steps run under an autocast context."""
+
+    def __init__(self, decoder: Any, autocast: Callable[[], contextlib.AbstractContextManager]):
+        self.decoder, self.autocast, self.max_seq_len = decoder, autocast, decoder.max_seq_len
+
+    def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[np.ndarray, object]:
+        with self.autocast():
+            return self.decoder.prefill(input_ids, attention_mask)
+
+    def step(self, next_ids: np.ndarray, attention_mask: np.ndarray, state: object) -> tuple[np.ndarray, object]:
+        with self.autocast():
+            return self.decoder.step(next_ids, attention_mask, state)
+
+
+class TorchEngine:
+    """llmdual's PyTorch model on one device; ``compile`` wraps it in ``torch.compile`` (``Module.compile``,
+    default mode), so the trainer and the forward run compiled code while the model stays an llmdual model."""
+
+    def __init__(self, settings: Mapping[str, Any], compile: bool = False):
+        if settings.get("device") == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("no CUDA device visible to PyTorch")
+        self.device = torch.device("cuda" if settings.get("device") == "cuda" else "cpu")
+        if settings.get("threads"):
+            torch.set_num_threads(int(settings["threads"]))
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(settings.get("tf32"))
+        self.compile, self.model, self.dtype = compile, None, torch.float32
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def prepare(self, settings: Mapping[str, Any], task: str, kv_cache: bool) -> dict[str, float]:
+        self.dtype = DTYPES[settings["dtype"]]
+        started = time.perf_counter()
+        model = llmdual.build(Config.from_dict(settings["config"]), "torch", task, settings["seed"]).to(self.device)
+        if self.compile:
+            model.compile()
+        self.sync()
+        self.model = model
+        return {"build_s": time.perf_counter() - started}
+
+    def _tensor(self, array: np.ndarray | None) -> torch.Tensor | None:
+        return None if array is None else torch.as_tensor(array, dtype=torch.long, device=self.device)
+
+    def forward(self, ids: np.ndarray, mask: np.ndarray | None) -> Callable[[], Any]:
+        model, ids_t, mask_t = self.model, self._tensor(ids), self._tensor(mask)
+        model.eval()
+
+        def run() -> torch.Tensor:
+            with torch.inference_mode(), self.autocast():
+                out = model(ids_t, mask_t)
+            self.sync()
+            return out
+
+        return run
+
+    def to_numpy(self, output: torch.Tensor) -> np.ndarray:
+        return output.float().cpu().numpy()
+
+    def trainer(self, cfg: TrainConfig) -> Callable[[Batch], tuple[float, float]]:
+        return Trainer(self.model, cfg).step  # returns Python floats: the step has finished on the device
+
+    def decoder(self) -> Any:
+        decoder = decoder_for(self.model)
+        return decoder if self.dtype == torch.float32 else Autocast(decoder, self.autocast)
+
+    def probe_flops(self) -> float:
+        n = PROBE_SIZE[self.device.type]
+        a = torch.randn(n, n, device=self.device, dtype=self.dtype)
+
+        def matmul() -> None:
+            torch.matmul(a, a)
+            self.sync()
+
+        return probe(matmul, n)
+
+    def reset_peaks(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+
+    def peak_device_mb(self) -> float | None:
+        return torch.cuda.max_memory_allocated() / 2**20 if self.device.type == "cuda" else None
+
+    def release(self) -> None:
+        self.model = None
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()

@@ -1,0 +1,99 @@
+"""Side-by-side experiments: the same model, weights, batches and recipe trained in each backend, then compared.
+
+The examples are thin scripts over this module: the built-in corpus (the running Python's standard library)
+and task, training both backends from one seed, evaluation, the overlaid loss curves as a PNG, and samples.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llmdual.api import build
+from llmdual.backend import BACKENDS
+from llmdual.config import Config
+from llmdual.data import ClassificationDataset, LMDataset, default_corpus_files, stdlib_classification, token_stream
+from llmdual.evaluate import evaluate
+from llmdual.files import atomic_write
+from llmdual.tokenizer import Tokenizer
+from llmdual.training import History, TrainConfig, train
+
+
+@dataclass
+class Run:
+    """One backend's result: the trained model, its history, validation metrics and wall time."""
+
+    backend: str
+    model: Any
+    history: History
+    metrics: dict[str, float]
+    seconds: float
+
+
+def stdlib_lm_data(vocab_size: int, block_size: int, files: int | None = 300, seed: int = 0) -> tuple[Tokenizer, LMDataset]:
+    """A byte-level BPE trained on the first ``files`` standard-library sources, and LM blocks over them."""
+    sources = default_corpus_files(files)
+    tokenizer = Tokenizer.train(sources, vocab_size)
+    tokens = token_stream(tokenizer, sources)
+    return tokenizer, LMDataset(tokens, block_size, seed=seed, vocab_size=tokenizer.vocab_size)
+
+
+def stdlib_classification_data(vocab_size: int, max_len: int, n_per_class: int = 500,
+                               seed: int = 0) -> tuple[Tokenizer, ClassificationDataset]:
+    """The built-in classification task (which stdlib package a snippet comes from) and its tokenizer, trained
+    on the training snippets only."""
+    texts, labels, names = stdlib_classification(n_per_class, seed=seed)
+    tokenizer = Tokenizer.train(texts, vocab_size)
+    return tokenizer, ClassificationDataset(texts, labels, tokenizer, max_len, seed=seed, label_names=names)
+
+
+def train_side_by_side(config: Config, task: str, data: Any, train_config: TrainConfig,
+                       backends: Sequence[str] = BACKENDS, eval_batch_size: int = 32) -> dict[str, Run]:
+    """Build each backend's model from ``train_config.seed`` (bit-identical start), train it on the same
+    batches with the same recipe, and evaluate it on the validation split."""
+    runs = {}
+    for backend in backends:
+        model = build(config, backend, task, seed=train_config.seed)
+        start = time.perf_counter()
+        history = train(model, data, train_config)
+        seconds = time.perf_counter() - start
+        metrics = evaluate(model, data, "val", eval_batch_size, max_batches=train_config.eval_batches)
+        runs[backend] = Run(backend, model, history, metrics, seconds)
+    return runs
+
+
+def plot_curves(runs: dict[str, Run], path: str | Path, title: str, baseline: float | None = None) -> Path:
+    """Training (thin) and validation (markers) loss of every run on one chart, saved as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for (backend, run), color, style in zip(runs.items(), ("tab:red", "tab:blue"), ("-", "--")):
+        ax.plot(run.history.step, run.history.loss, style, color=color, lw=1.2, label=f"{backend} train")
+        if run.history.val_loss:
+            ax.plot(run.history.val_step, run.history.val_loss, "o", color=color, ms=5, mfc="none",
+                    label=f"{backend} validation")
+    if baseline is not None:
+        ax.axhline(baseline, color="gray", lw=1, ls=":", label=f"unigram baseline ({baseline:.2f})")
+    ax.set(xlabel="optimizer step", ylabel="cross-entropy (nats/token)", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    plt.close(fig)
+    return path
+
+
+def max_curve_gap(runs: dict[str, Run]) -> float:
+    """Largest relative difference between the backends' per-step training losses."""
+    losses = [np.asarray(run.history.loss, np.float64) for run in runs.values()]
+    return float(max(np.abs(a - losses[0]).max() / np.abs(losses[0]).min() for a in losses))

@@ -28,6 +28,14 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
+def _engines(text: str) -> tuple[str, ...]:
+    return tuple(ENGINES) if text == "all" else _names(text)
+
+
+def _workloads(text: str) -> tuple[str, ...]:
+    return WORKLOADS if text == "all" else _names(text)
+
+
 def _ints(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(part) for part in _names(text))
@@ -39,9 +47,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--preset", default=DEFAULTS.preset, help="model size (llmdual.Config presets)")
-    p.add_argument("--engines", type=_names, default=DEFAULTS.engines, help=f"comma-separated: {', '.join(ENGINES)}")
-    p.add_argument("--workloads", type=_names, default=DEFAULTS.workloads,
-                   help=f"comma-separated: {', '.join(WORKLOADS)}")
+    p.add_argument("--engines", type=_engines, default=DEFAULTS.engines,
+                   help=f"comma-separated, or all: {', '.join(ENGINES)}")
+    p.add_argument("--workloads", type=_workloads, default=DEFAULTS.workloads,
+                   help=f"comma-separated, or all: {', '.join(WORKLOADS)}")
     p.add_argument("--batch", type=_ints, default=DEFAULTS.batch_sizes, help="batch size (a list with --sweep)")
     p.add_argument("--seq-len", type=_ints, default=DEFAULTS.seq_lens,
                    help="sequence length, also the generation prompt's (a list with --sweep)")

@@ -71,7 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="CPU threads of every engine (default 2)")
     parser.add_argument("--repeats", type=int, default=3,
                         help="timed train/infer steps per process (generation 2x, KV steps 8x as many)")
-    parser.add_argument("--rounds", type=int, default=2, help="fresh processes per engine, interleaved")
+    parser.add_argument("--budget", type=float, default=15.0,
+                        help="timed seconds per workload and process after which repeats stop (min. 3)")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="fresh processes per engine behind a bar, interleaved (table-only engines: one)")
     parser.add_argument("--nanogpt", metavar="PATH", help="nanoGPT checkout (or its model.py) to time as well")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="engines or bar keys to run (default: all bars)")
     parser.add_argument("--seed", type=int, default=0)
@@ -81,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
 
     console = Console(width=200)
     settings = perf_bar.make_settings(args.preset, args.batch, args.seq_len, threads=args.threads,
-                                      repeats=args.repeats, seed=args.seed, nanogpt=args.nanogpt)
+                                      repeats=args.repeats, budget_s=args.budget, seed=args.seed,
+                                      nanogpt=args.nanogpt)
     args.out.mkdir(parents=True, exist_ok=True)
     jsonl = args.out / "runs.jsonl"
     jsonl.unlink(missing_ok=True)

@@ -66,7 +66,8 @@ def eval_batches(data: Any, split: str, batch_size: int, max_batches: int) -> It
     return data
 
 
-def evaluate(model: Any, data: Any, split: str = "val", batch_size: int = 32, max_batches: int = 20) -> dict[str, float]:
+def evaluate(model: Any, data: Any, split: str = "val", batch_size: int = 32,
+             max_batches: int = 20) -> dict[str, float]:
     """Metrics of ``model`` on ``data`` (a dataset or an iterable of batches, see ``eval_batches``).
 
     LM: ``loss`` (nats/token), ``perplexity``, ``tokens``. Classifier: ``loss``, ``accuracy``, ``macro_f1``,

@@ -35,7 +35,8 @@ class Run:
     seconds: float
 
 
-def stdlib_lm_data(vocab_size: int, block_size: int, files: int | None = 300, seed: int = 0) -> tuple[Tokenizer, LMDataset]:
+def stdlib_lm_data(vocab_size: int, block_size: int, files: int | None = 300,
+                   seed: int = 0) -> tuple[Tokenizer, LMDataset]:
     """A byte-level BPE trained on the first ``files`` standard-library sources, and LM blocks over them."""
     sources = default_corpus_files(files)
     tokenizer = Tokenizer.train(sources, vocab_size)

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from llmdual.api import set_weights
 from llmdual.backend import backend_of, load_backend
 from llmdual.checkpoint import read, save
+from llmdual.evaluate import mean_loss
 from llmdual.files import atomic_write
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -229,22 +230,25 @@ class Monitor:
     def __init__(self, model: Any, cfg: TrainConfig, val: Sequence[Batch], history: History, start: int,
                  moments: Callable[[], dict[str, np.ndarray]]):
         self.model, self.cfg, self.val, self.history, self.moments = model, cfg, val, history, moments
-        self.bar = tqdm(total=cfg.steps, initial=start, desc=f"train {history.backend}", disable=not cfg.progress or start >= cfg.steps,
-                        dynamic_ncols=True, leave=False)
+        self.bar = tqdm(total=cfg.steps, initial=start, desc=f"train {history.backend}", dynamic_ncols=True,
+                        disable=not cfg.progress or start >= cfg.steps, leave=False)
         self._t0 = time.perf_counter()
 
     def step_begin(self) -> None:
         self._t0 = time.perf_counter()
 
+    def _due(self, step: int, interval: int) -> bool:
+        """Whether finished 0-based ``step`` is the last one or a multiple of ``interval`` (0: never)."""
+        done = step + 1
+        return done == self.cfg.steps or bool(interval and done % interval == 0)
+
     def evaluating(self, step: int) -> bool:
         """Whether ``step_end(step, ...)`` evaluates."""
-        done = step + 1
-        return bool(self.val) and (done == self.cfg.steps or bool(self.cfg.eval_interval and done % self.cfg.eval_interval == 0))
+        return bool(self.val) and self._due(step, self.cfg.eval_interval)
 
     def checkpointing(self, step: int) -> bool:
         """Whether ``step_end(step, ...)`` writes a checkpoint."""
-        done, cfg = step + 1, self.cfg
-        return bool(cfg.checkpoint_dir) and (done == cfg.steps or bool(cfg.checkpoint_interval and done % cfg.checkpoint_interval == 0))
+        return bool(self.cfg.checkpoint_dir) and self._due(step, self.cfg.checkpoint_interval)
 
     def step_end(self, step: int, loss: float, lr: float, grad_norm: float, tokens: int) -> None:
         """Record finished 0-based ``step``, then evaluate and checkpoint when due."""
@@ -257,8 +261,6 @@ class Monitor:
             self.bar.close()
             raise FloatingPointError(f"loss became {loss} at step {step} (lr {lr:.3g}); lower the learning rate")
         if self.evaluating(step):
-            from llmdual.evaluate import mean_loss
-
             h.val_step.append(step)
             h.val_loss.append(mean_loss(self.model, self.val))
         if self.checkpointing(step):

@@ -297,3 +297,68 @@ def test_gpus_come_from_nvidia_smi_when_present(tmp_path, monkeypatch):
     empty.mkdir()
     monkeypatch.setenv("PATH", str(empty))
     assert env.gpus() == []
+
+
+GROUP_WORKER = textwrap.dedent('''
+    import argparse, json, os, sys, time
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--case-json", action="append", required=True)
+    parser.add_argument("--result", action="append", required=True)
+    args = parser.parse_args()
+    for case_json, path in zip(args.case_json, args.result):
+        mode = json.loads(case_json)["settings"]["mode"]
+        if mode == "crash":
+            os._exit(3)
+        if mode == "hang":
+            time.sleep(60)
+        with open(path + ".tmp", "w") as handle:
+            json.dump({"status": "ok", "reason": None, "measurements": {"tokens_per_s": [1.0]},
+                       "scalars": {"pid": os.getpid()}}, handle)
+        os.replace(path + ".tmp", path)
+''')
+
+
+@pytest.fixture
+def group_fake(tmp_path):
+    script = tmp_path / "group_worker.py"
+    script.write_text(GROUP_WORKER)
+    return lambda case_json, result: [sys.executable, str(script), "--case-json", case_json, "--result", result]
+
+
+def test_one_process_per_engine_and_a_crash_costs_only_its_case(tmp_path, group_fake):
+    specs = [CaseSpec("fake-a", w, {"mode": m}) for w, m in
+             (("train", "ok"), ("infer", "crash"), ("generate", "ok"), ("classify", "ok"))]
+    seen = []
+    records = runner.run_group(specs, timeout_s=30, command=group_fake, emit=seen.append)
+    assert records == seen
+    assert [r["status"] for r in records] == ["ok", "crashed", "ok", "ok"]
+    assert records[1]["returncode"] == 3 and "exit code 3" in records[1]["reason"]
+    pids = [r["scalars"].get("pid") for r in records]
+    assert pids[2] == pids[3] and pids[0] != pids[2]  # the cases after the crash ran in one fresh process
+
+
+def test_a_hanging_case_times_out_alone_and_the_group_goes_on(tmp_path, group_fake):
+    specs = [CaseSpec("fake-a", "train", {"mode": "ok"}), CaseSpec("fake-a", "infer", {"mode": "hang"}),
+             CaseSpec("fake-a", "generate", {"mode": "ok"})]
+    records = runner.run_group(specs, timeout_s=3, command=group_fake)
+    assert [r["status"] for r in records] == ["ok", "timeout", "ok"]
+
+
+def test_per_engine_plan_groups_cases_and_shuffles_engines_and_cases():
+    specs = [CaseSpec(f"e{i}", w, {"threads": 2}) for i in range(5) for w in ("train", "infer", "generate")]
+    order = runner.plan_groups(specs, rounds=2, seed=4)
+    assert len(order) == 10 and all(len({s.engine for s in group}) == 1 and len(group) == 3 for _, group in order)
+    engines = [[group[0].engine for r, group in order if r == k] for k in range(2)]
+    assert sorted(engines[0]) == sorted(engines[1]) == [f"e{i}" for i in range(5)]
+    assert runner.plan_groups(specs, 2, 4) == order
+    assert len({tuple(s.workload for s in group) for _, group in order}) > 1  # cases shuffled within groups
+
+
+def test_run_cases_per_engine_records_every_case_in_the_jsonl(tmp_path, group_fake):
+    specs = [CaseSpec(e, w, {"mode": "crash" if (e, w) == ("fake-b", "infer") else "ok"})
+             for e in ("fake-a", "fake-b") for w in ("train", "infer")]
+    jsonl = tmp_path / "runs.jsonl"
+    records = runner.run_cases(specs, jsonl, rounds=2, command=group_fake, console=quiet(), per_engine=True)
+    assert len(records) == 8 and read_jsonl(jsonl) == json.loads(json.dumps(records))
+    status = {(r["engine"], r["workload"], r["round"]): r["status"] for r in records}
+    assert sorted(k for k, v in status.items() if v != "ok") == [("fake-b", "infer", 0), ("fake-b", "infer", 1)]

@@ -26,7 +26,8 @@ def test_macro_f1_averages_per_class_f1():
 
 def lm_batches(config, n=3):
     rng = np.random.default_rng(0)
-    return [(rng.integers(0, config.vocab_size, (2, 16)), rng.integers(0, config.vocab_size, (2, 16))) for _ in range(n)]
+    shape = (2, 16)
+    return [(rng.integers(0, config.vocab_size, shape), rng.integers(0, config.vocab_size, shape)) for _ in range(n)]
 
 
 def test_lm_metrics_agree_across_backends(tiny):

@@ -2,7 +2,7 @@
 
 Every engine of ``llmdual.bench.ref_engines.ENGINES`` runs in a fresh process per round (``runner.run_case``:
 same thread settings, crash isolation), the engines in a new seeded random order each round so that drift
-favours none; each process first proves it computes llmdual's logits on the same weights. A *bar* is a ratio
+favours none (engines no targeted bar reads fill the table from the first round only, to bound the run); each process first proves it computes llmdual's logits on the same weights. A *bar* is a ratio
 of medians (``stats.ratio_of_medians``: pooled timed repeats of all rounds, bootstrap 95% interval) with a
 target; it passes when the measured ratio reaches the target, and the interval says how sure that is.
 """
@@ -10,6 +10,7 @@ target; it passes when the measured ratio reaches the target, and the interval s
 from __future__ import annotations
 
 import importlib.util
+import random
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from typing import Any
 from llmdual.bench import stats
 from llmdual.bench.ref_engines import ENGINES
 from llmdual.bench.results import append_jsonl
-from llmdual.bench.runner import CaseSpec, plan, run_case
+from llmdual.bench.runner import CaseSpec, run_case
 from llmdual.config import Config
 
 SCHEMA = "llmdual.perf-bar/1"
@@ -73,11 +74,18 @@ BARS = (
 )
 
 
+# Engines some targeted bar reads (the generation bar reads every llmdual generator): they run every round;
+# the others only fill the table and run in the first round.
+BAR_ENGINES = frozenset({e for bar in BARS if bar.target is not None for e, _ in (bar.numerator, bar.denominator)
+                         if e is not None} | set(LLMDUAL_GENERATORS))
+
+
 def make_settings(preset: str = "small", batch_size: int = 8, seq_len: int = 256, prompt_len: int = 32,
-                  new_tokens: int = 64, threads: int = 2, repeats: int = 3, seed: int = 0,
+                  new_tokens: int = 64, threads: int = 2, repeats: int = 3, budget_s: float = 15.0, seed: int = 0,
                   nanogpt: str | None = None) -> dict[str, Any]:
     """Case settings handed to every worker (see ``llmdual.bench.ref_worker``); the AdamW recipe is
-    ``TrainConfig``'s defaults. Generation and KV steps are cheap, so they repeat more than training."""
+    ``TrainConfig``'s defaults. Generation and KV steps are cheap, so they repeat more than training; a
+    workload stops repeating after ``budget_s`` timed seconds (at least 3 repeats), which bounds slow engines."""
     from llmdual.training import TrainConfig
 
     recipe = TrainConfig()
@@ -87,8 +95,9 @@ def make_settings(preset: str = "small", batch_size: int = 8, seq_len: int = 256
         "device": "cpu", "dtype": "float32", "tolerance": 1e-4,
         "nanogpt": None if nanogpt is None else str(Path(nanogpt).resolve()),
         "train": {k: getattr(recipe, k) for k in ("lr", "beta1", "beta2", "eps", "weight_decay", "grad_clip")},
-        "warmup": {"train": 2, "infer": 2, "generate": 2, "kv": 5},
+        "warmup": {"train": 1, "infer": 1, "generate": 1, "kv": 3},
         "repeats": {"train": repeats, "infer": repeats, "generate": 2 * repeats, "kv": 8 * repeats},
+        "budget_s": budget_s,
     }
 
 
@@ -112,8 +121,8 @@ def worker_command(case_json: str, result_path: str) -> list[str]:
 
 def run(engines: Sequence[str], settings: dict[str, Any], rounds: int, jsonl: str | Path, seed: int = 0,
         timeout_s: float = 600.0, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Run every engine ``rounds`` times (fresh process each, interleaved), appending each record to ``jsonl``
-    as it finishes; engines that cannot run are recorded once as ``skipped``."""
+    """Run the engines (fresh process each; see ``schedule`` for rounds and order), appending each record to
+    ``jsonl`` as it finishes; engines that cannot run are recorded once as ``skipped``."""
     records, runnable = [], []
     for engine in engines:
         reason = skip_reason(engine, settings.get("nanogpt"))
@@ -124,7 +133,7 @@ def run(engines: Sequence[str], settings: dict[str, Any], rounds: int, jsonl: st
             log(f"{engine}: skipped ({reason})")
         else:
             runnable.append(CaseSpec(engine, "perf-bar", settings))
-    todo = plan(runnable, rounds, seed)
+    todo = schedule(runnable, rounds, seed)
     for i, (round_index, spec) in enumerate(todo, start=1):
         record = run_case(spec, round_index, timeout_s, worker_command)
         record.pop("settings")
@@ -134,6 +143,19 @@ def run(engines: Sequence[str], settings: dict[str, Any], rounds: int, jsonl: st
         log(f"[{i}/{len(todo)}] {spec.engine} round {round_index + 1}: {record['status']} "
             f"in {record['wall_s']:.0f} s{note}")
     return records
+
+
+def schedule(specs: Sequence[CaseSpec], rounds: int, seed: int) -> list[tuple[int, CaseSpec]]:
+    """(round, case) pairs: engines behind a targeted bar in every round, the others in the first only, in a
+    fresh seeded random order each round."""
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1, got {rounds}")
+    rng, order = random.Random(seed), []
+    for round_index in range(rounds):
+        cases = [s for s in specs if round_index == 0 or s.engine in BAR_ENGINES]
+        rng.shuffle(cases)
+        order.extend((round_index, spec) for spec in cases)
+    return order
 
 
 def pooled(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:

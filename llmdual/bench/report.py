@@ -68,8 +68,14 @@ def _entries(doc: dict[str, Any]) -> dict[tuple[int, str], dict[str, Any]]:
     return {(e["case"], g["metric"]): e for g in doc["summary"]["groups"] for e in g["entries"]}
 
 
-def workload_table(doc: dict[str, Any], workload: str) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of one workload's table: ok cases fastest first, then the others with their reasons."""
+def format_flops(value: float) -> str:
+    """FLOP/s in the largest unit that keeps the figure >= 1 (GFLOP/s on CPUs, TFLOP/s on GPUs)."""
+    return f"{value / 1e12:.3g} TFLOP/s" if value >= 1e12 else f"{value / 1e9:.3g} GFLOP/s"
+
+
+def workload_table(doc: dict[str, Any], workload: str, compact: bool = False) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of one workload's table: ok cases fastest first, then the others with their reasons.
+    ``compact`` (the terminal's) shows the spread as the IQR only and shortens the reasons."""
     cases = [(i, c) for i, c in enumerate(doc["cases"]) if c["workload"] == workload]
     entries = _entries(doc)
     primary, *others = WORKLOAD_METRICS[workload]
@@ -79,9 +85,11 @@ def workload_table(doc: dict[str, Any], workload: str) -> tuple[list[str], list[
                                order.get(ic[0], 0)))
     keys = _varying([c["settings"] for _, c in cases])
     show_flops = any((c.get("flops") or {}).get("achieved") for _, c in cases)
-    header = ["engine", *keys, _metric(primary).label, "spread (IQR; 95% CI)", "vs fastest",
-              *(_metric(m).label for m in others), *(["model FLOP/s (MFU)"] if show_flops else []),
-              "peak memory", "build / warm-up", "status"]
+    show_export = any("export_s" in c["scalars"] for _, c in cases)
+    header = ["engine", *keys, _metric(primary).label, "IQR" if compact else "spread (IQR; 95% CI)",
+              "vs fastest", *(_metric(m).label for m in others),
+              *(["model FLOP/s (MFU)"] if show_flops else []), "peak memory", "build / warm-up",
+              *(["ONNX export / file"] if show_export else []), "status"]
     rows = []
     for index, case in cases:
         s, unit = case["stats"], _metric(primary).unit
@@ -91,9 +99,11 @@ def workload_table(doc: dict[str, Any], workload: str) -> tuple[list[str], list[
             rel = "–" if entry is None else (
                 "fastest" if entry["relative"] == 1.0 else
                 f"{entry['relative']:.2f}× [{entry['relative_ci'][0]:.2f}–{entry['relative_ci'][1]:.2f}]")
-            row += [format_value(s[primary]["median"], unit),
-                    f"{format_value(s[primary]['iqr'], unit)}; "
-                    f"{format_value(s[primary]['ci_low'], unit)}–{format_value(s[primary]['ci_high'], unit)}", rel]
+            spread = format_value(s[primary]["iqr"], unit)
+            if not compact:
+                spread += (f"; {format_value(s[primary]['ci_low'], unit)}–"
+                           f"{format_value(s[primary]['ci_high'], unit)}")
+            row += [format_value(s[primary]["median"], unit), spread, rel]
         else:
             row += ["–", "–", "–"]
         for metric in others:
@@ -106,13 +116,16 @@ def workload_table(doc: dict[str, Any], workload: str) -> tuple[list[str], list[
         if show_flops:
             f = case.get("flops") or {}
             mfu = f" ({100 * f['utilisation']:.1f}%)" if f.get("utilisation") is not None else ""
-            row.append(f"{f['achieved'] / 1e12:.3g} TFLOP/s{mfu}" if f.get("achieved") else "–")
+            row.append(f"{format_flops(f['achieved'])}{mfu}" if f.get("achieved") else "–")
         memory = next((m for m in MEMORY_METRICS if m in s), None)
         row.append(format_value(s[memory]["median"], "MB") if memory else "–")
         build, warm = case["scalars"].get("build_s"), case["scalars"].get("warmup_s")
         row.append(f"{format_value(build, 's')} / {format_value(warm, 's')}")
+        if show_export:
+            export, size = case["scalars"].get("export_s"), case["scalars"].get("file_mb")
+            row.append("–" if export is None else f"{format_value(export, 's')} / {format_value(size, 'MB')}")
         reason = (case["reason"] or "").replace("\n", " ")
-        row.append("ok" if case["status"] == "ok" else f"{case['status']}: {reason[:160]}")
+        row.append("ok" if case["status"] == "ok" else f"{case['status']}: {reason[:100 if compact else 160]}")
         rows.append(row)
     return header, rows
 
@@ -121,7 +134,7 @@ def print_tables(doc: dict[str, Any], console: Console | None = None) -> None:
     """Print one table per workload to the terminal."""
     console = console or Console()
     for workload in WORKLOADS:
-        header, rows = workload_table(doc, workload)
+        header, rows = workload_table(doc, workload, compact=True)
         if not rows:
             continue
         table = Table(title=f"{workload}", title_justify="left")

@@ -112,6 +112,9 @@ def worker_env(spec: CaseSpec, base: Mapping[str, str] | None = None) -> dict[st
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, env.get("PYTHONPATH")) if p)
     env["PYTHONUNBUFFERED"] = "1"
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    # OpenMP threads (PyTorch's) that spin while waiting collapse when the cores are shared (4x slower seen on a
+    # busy 2-core machine); sleeping costs a wake-up per parallel region. Kept if the caller chose otherwise.
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     engine = ENGINES.get(spec.engine)
     if engine is not None and engine.keras_backend:
         env["KERAS_BACKEND"] = engine.keras_backend

@@ -254,7 +254,7 @@ def run(engine: Engine, workload: str, settings: Mapping[str, Any]) -> Outcome:
 PROBE_SIZE = {"cpu": 1024, "cuda": 8192}  # square matmul side: ~2 GFLOP on a CPU, ~1 TFLOP on a GPU
 
 
-def probe(matmul: Callable[[], Any], n: int, repeats: int = 5) -> float:
+def probe(matmul: Callable[[], Any], n: int, repeats: int = 10) -> float:
     """Peak FLOP/s of a synchronised ``n x n`` matmul: the fastest of ``repeats`` calls after two warm-ups."""
     from llmdual.bench.flops import matmul_flop_rate
 

@@ -251,7 +251,8 @@ class StepMonitor(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         step = self.start + batch
-        if (self.monitor.evaluating(step) or self.monitor.checkpointing(step)) and hasattr(self.model, "jax_state_sync"):
+        reads_weights = self.monitor.evaluating(step) or self.monitor.checkpointing(step)
+        if reads_weights and hasattr(self.model, "jax_state_sync"):
             self.model.jax_state_sync()  # on JAX, fit keeps the values in its own state until synced
         self.monitor.step_end(step, float(logs["loss"]), float(lr_at(step, self.cfg)), float(logs["grad_norm"]),
                               self.tokens)

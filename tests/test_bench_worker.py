@@ -1,0 +1,76 @@
+"""The benchmark worker on real engines (tiny preset): parity gate before timing, failures recorded per case."""
+
+import numpy as np
+import pytest
+
+from llmdual.bench import engines, expected, runner
+from llmdual.bench.runner import CaseSpec
+from llmdual.config import Config
+
+
+def settings(**changes):
+    base = {"config": Config.preset("tiny").to_dict(), "preset": "tiny", "batch_size": 2, "seq_len": 8,
+            "new_tokens": 3, "warmup": 0, "repeats": 2, "seed": 0, "device": "cpu", "dtype": "float32",
+            "tf32": False, "threads": 1, "tolerance": 1e-4}
+    return {**base, **changes}
+
+
+def test_check_accepts_the_reference_and_names_what_differs():
+    want = {"infer.logits": np.ones((2, 3, 4), np.float32), "train.loss": np.array([9.0, 8.5]),
+            "train.grad_norm": np.array([3.0, 2.0]), "generate.b1.tokens": np.array([[1, 2, 3]]),
+            "generate.b1.logits": np.zeros((1, 4), np.float32)}
+    assert expected.check("infer", {"logits": want["infer.logits"] + 5e-5}, want, 1e-4) == pytest.approx((5e-5, None))
+    diff, reason = expected.check("infer", {"logits": want["infer.logits"] + 1e-3}, want, 1e-4)
+    assert diff == pytest.approx(1e-3) and "infer logits" in reason and "> tolerance 0.0001" in reason
+    _, reason = expected.check("train", {"loss": np.array([9.0, 8.5]), "grad_norm": np.array([3.0, 2.01])}, want, 1e-4)
+    assert "grad_norm" in reason and "relative" in reason
+    tokens = {"b1.tokens": np.array([[1, 2, 4]]), "b1.logits": want["generate.b1.logits"]}
+    _, reason = expected.check("generate", tokens, want, 1e-4)
+    assert "greedy tokens" in reason and "new token 2" in reason
+    assert expected.check("generate", tokens, want, 1e-4, tokens_exact=False) == (0.0, None)
+
+
+def test_tolerances_follow_the_precision():
+    assert expected.tolerance("float32") == 1e-4 < expected.tolerance("float32", tf32=True)
+    assert expected.tolerance("bfloat16") > expected.tolerance("float16")
+    assert expected.exact_tokens("float32") and not expected.exact_tokens("bfloat16")
+
+
+def test_inputs_are_the_same_everywhere_and_pad_the_classifier_rows():
+    a, b = expected.Inputs.of(settings(batch_size=4)), expected.Inputs.of(settings(batch_size=4))
+    assert np.array_equal(a.x, b.x) and np.array_equal(a.y[:, :-1], a.x[:, 1:])
+    assert a.mask[0].all() and a.mask.sum(axis=1).min() >= 4
+
+
+@pytest.mark.parametrize("engine, workload, changes, expect", [
+    ("torch-compile", "generate", {}, "eagerly"),
+    ("ort-keras-export", "train", {}, "inference graphs"),
+    ("torch-eager", "train", {"dtype": "float16"}, "CUDA"),
+    ("ort-torch-export", "infer", {"dtype": "bfloat16"}, "float32 export"),
+    ("keras-jax", "generate", {"seq_len": 64, "new_tokens": 2}, "max_seq_len"),
+    ("keras-jax", "generate", {}, None),
+])
+def test_not_applicable_cases_say_why(engine, workload, changes, expect):
+    reason = engines.not_applicable(engine, workload, settings(**changes))
+    assert (reason is None) if expect is None else (expect in reason and reason.startswith("not applicable"))
+
+
+def test_an_engine_that_disagrees_is_refused_and_failing_cases_do_not_stop_the_others(tmp_path):
+    """One worker process: perturbed reference -> mismatch (nothing timed); no reference, or an exception in
+    the engine -> failed, saying why; the last case still runs and is timed."""
+    good = expected.compute(settings(), ["infer"])
+    expected.save(tmp_path / "good.npz", good)
+    expected.save(tmp_path / "off.npz", {"infer.logits": good["infer.logits"] * 1.01})
+    specs = [CaseSpec("torch-eager", "infer", settings(expected=str(tmp_path / "off.npz"))),
+             CaseSpec("torch-eager", "infer", settings(expected=str(tmp_path / "missing.npz"))),
+             CaseSpec("torch-eager", "infer", settings(expected=str(tmp_path / "good.npz"), seq_len=100)),
+             CaseSpec("torch-eager", "infer", settings(expected=str(tmp_path / "good.npz")))]
+    mismatch, missing, raised, ok = runner.run_group(specs, timeout_s=120)
+    assert mismatch["status"] == "mismatch" and mismatch["measurements"] == {}
+    assert "max abs difference" in mismatch["reason"] and mismatch["scalars"]["max_abs_diff"] > 1e-4
+    assert missing["status"] == "failed" and "no PyTorch reference" in missing["reason"]
+    assert raised["status"] == "failed" and raised["returncode"] is None  # the process went on
+    assert raised["reason"].startswith("ValueError: sequence too long") and ".py:" in raised["reason"]
+    assert ok["status"] == "ok", ok["reason"]
+    assert len(ok["measurements"]["tokens_per_s"]) == 2 and ok["scalars"]["max_abs_diff"] <= 1e-4
+    assert ok["scalars"]["probe_flops"] > 0 and ok["scalars"]["peak_rss_mb"] > 0 and "warmup_s" in ok["scalars"]

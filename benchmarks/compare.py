@@ -47,12 +47,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--preset", default=DEFAULTS.preset, help="model size (llmdual.Config presets)")
-    p.add_argument("--engines", type=_engines, default=DEFAULTS.engines,
+    p.add_argument("--engines", type=_engines, default=",".join(DEFAULTS.engines),
                    help=f"comma-separated, or all: {', '.join(ENGINES)}")
-    p.add_argument("--workloads", type=_workloads, default=DEFAULTS.workloads,
+    p.add_argument("--workloads", type=_workloads, default=",".join(DEFAULTS.workloads),
                    help=f"comma-separated, or all: {', '.join(WORKLOADS)}")
-    p.add_argument("--batch", type=_ints, default=DEFAULTS.batch_sizes, help="batch size (a list with --sweep)")
-    p.add_argument("--seq-len", type=_ints, default=DEFAULTS.seq_lens,
+    p.add_argument("--batch", type=_ints, default=",".join(map(str, DEFAULTS.batch_sizes)), help="batch size (a list with --sweep)")
+    p.add_argument("--seq-len", type=_ints, default=",".join(map(str, DEFAULTS.seq_lens)),
                    help="sequence length, also the generation prompt's (a list with --sweep)")
     p.add_argument("--new-tokens", type=int, default=DEFAULTS.new_tokens, help="tokens generated per prompt")
     p.add_argument("--sweep", action="store_true",
@@ -65,7 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=DEFAULTS.warmup,
                    help="untimed iterations per case after the parity check")
     p.add_argument("--rounds", type=int, default=DEFAULTS.rounds, help="fresh processes per engine, reshuffled")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for every engine (default: usable cores)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for every engine; None: all usable cores")
     p.add_argument("--priority", choices=sorted(report.PRIORITIES), default=DEFAULTS.priority,
                    help="what the report's recommendation optimises for")
     p.add_argument("--out", default=DEFAULTS.out, help="folder for results.json, report.md and the charts")

@@ -20,10 +20,12 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from llmdual.bench import env, perf_bar
-from llmdual.bench.ref_engines import ENGINES
-from llmdual.config import PRESETS
-from llmdual.files import atomic_write
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from llmdual.bench import env, perf_bar  # noqa: E402
+from llmdual.bench.ref_engines import ENGINES  # noqa: E402
+from llmdual.config import PRESETS  # noqa: E402
+from llmdual.files import atomic_write  # noqa: E402
 
 DEFAULT_ENGINES = ("llmdual-torch", "llmdual-torch-compile", "hf-torch", "nanogpt-torch", "llmdual-ort",
                    "llmdual-keras-tf", "llmdual-keras-tf-xla", "kerashub-tf-xla", "kerashub-tf", "kerashub-jax",

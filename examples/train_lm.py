@@ -16,7 +16,7 @@ from llmdual.experiment import max_curve_gap, plot_curves, stdlib_lm_data, train
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--block-size", type=int, default=128)
     parser.add_argument("--vocab-size", type=int, default=8192)

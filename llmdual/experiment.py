@@ -37,8 +37,12 @@ class Run:
 
 def stdlib_lm_data(vocab_size: int, block_size: int, files: int | None = 300,
                    seed: int = 0) -> tuple[Tokenizer, LMDataset]:
-    """A byte-level BPE trained on the first ``files`` standard-library sources, and LM blocks over them."""
-    sources = default_corpus_files(files)
+    """A byte-level BPE trained on ``files`` standard-library sources drawn at random (seeded), and LM blocks
+    over them. Drawing, not taking the first in sorted order, makes the validation tail (the last files of the
+    stream) a sample like the rest rather than one package."""
+    every = default_corpus_files()
+    order = np.random.default_rng(seed).permutation(len(every))[:files]
+    sources = [every[i] for i in order]
     tokenizer = Tokenizer.train(sources, vocab_size)
     tokens = token_stream(tokenizer, sources)
     return tokenizer, LMDataset(tokens, block_size, seed=seed, vocab_size=tokenizer.vocab_size)

@@ -24,10 +24,11 @@ from llmdual.training import Batch, BatchFn, History, TrainConfig, checkpoint_pr
 # Per-step loss, torch vs Keras, relative: kernels round differently (~1e-7 per op) and AdamW's normalised
 # updates carry that into the weights, so losses drift apart slowly; 1e-4 over 20 steps is the issue's bound.
 LOSS_RTOL = 1e-4
-# Final weights by canonical name, max |w_a - w_b|. AdamW moves a weight by up to ~lr per step whatever the
-# gradient's size, so where a gradient is ~0 its rounding noise still moves the weight: the bound is 1% of one
-# step at the checks' lr (1e-3). Relative to a tensor's scale this would punish biases, which start at 0.
-WEIGHT_ATOL = 1e-5
+# Final weights by canonical name, max |w_a - w_b|, as a fraction of the farthest AdamW can move a weight in
+# the run (~lr per step: the sum of the learning rates). AdamW normalises every update, so where a gradient is
+# ~0 (rare embedding rows) its rounding noise moves the weight as far as a real gradient would; measured up to
+# ~0.2% on `small`. Relative to a tensor's own scale this would punish biases, which start at 0.
+WEIGHT_TRAVEL_FRACTION = 1e-2
 # The global gradient norm, per step, relative: a sum of squares dominated by the largest entries, so it
 # amplifies the weights' drift (see above) more than the loss does; observed up to ~3e-4 on `small`.
 GRAD_NORM_RTOL = 1e-3
@@ -72,9 +73,9 @@ def run(ctx: ParityContext, backend: str, cfg: TrainConfig, resume: str | Path |
 
 
 def compare_runs(name: str, reference: tuple[History, dict], other: tuple[History, dict],
-                 loss_rtol: float = LOSS_RTOL, weight_atol: float = WEIGHT_ATOL) -> list[Check]:
-    """Per-step loss (relative) and final weights (absolute; the worst tensor's relative figure reported) of
-    two runs."""
+                 loss_rtol: float = LOSS_RTOL) -> list[Check]:
+    """Per-step loss (relative) and final weights (absolute, bound by ``WEIGHT_TRAVEL_FRACTION``; the worst
+    tensor's figure relative to its scale reported) of two runs."""
     (ha, wa), (hb, wb) = reference, other
     a, b = np.asarray(ha.loss, np.float64), np.asarray(hb.loss, np.float64)
     if a.shape != b.shape:
@@ -82,6 +83,7 @@ def compare_runs(name: str, reference: tuple[History, dict], other: tuple[Histor
                       f"{len(a)} vs {len(b)} steps")]
     loss_abs = float(np.abs(a - b).max())
     loss_rel = float((np.abs(a - b) / np.abs(a)).max())
+    weight_atol = WEIGHT_TRAVEL_FRACTION * float(np.sum(ha.lr))
     worst, worst_rel, worst_abs = "", 0.0, 0.0
     for key in wa:
         diff = float(np.abs(wa[key].astype(np.float64) - wb[key]).max())

@@ -104,3 +104,31 @@ def test_nanogpt_layout_gives_llmdual_logits(tiny, weights, ids, tmp_path):
 def test_untied_config_is_refused(tiny, weights, tmp_path):
     with pytest.raises(ValueError, match="tie"):
         reference.write_hf_checkpoint(tiny.replace(tie_embeddings=False), weights, tmp_path)
+
+
+def test_bars_pick_the_fastest_generator_and_judge_the_target():
+    from llmdual.bench import perf_bar
+
+    fast, slow = [200.0, 210.0, 190.0], [90.0, 100.0, 110.0]
+    records = [
+        {"engine": "llmdual-torch", "status": "ok", "measurements": {"generate_tokens_per_s": slow}},
+        {"engine": "llmdual-ort", "status": "ok", "measurements": {"generate_tokens_per_s": fast}},
+        {"engine": "hf-torch", "status": "ok", "measurements": {"generate_tokens_per_s": slow}},
+        {"engine": "kerashub-tf", "status": "failed", "reason": "boom"},
+    ]
+    bars = {bar["key"]: bar for bar in perf_bar.evaluate(perf_bar.pooled(records))}
+    assert bars["generate"]["numerator"] == "llmdual-ort"
+    assert bars["generate"]["ratio"] == pytest.approx(2.0)
+    assert bars["generate"]["verdict"].startswith("pass")
+    assert bars["torch-train"]["verdict"] == "not measured"
+
+
+def test_table_only_engines_run_in_the_first_round_only():
+    from llmdual.bench import perf_bar
+    from llmdual.bench.runner import CaseSpec
+
+    specs = [CaseSpec("hf-torch", "perf-bar"), CaseSpec("kerashub-jax", "perf-bar")]
+    order = perf_bar.schedule(specs, rounds=3, seed=0)
+    assert [(r, s.engine) for r, s in order].count((0, "kerashub-jax")) == 1
+    assert sum(s.engine == "kerashub-jax" for _, s in order) == 1
+    assert sum(s.engine == "hf-torch" for _, s in order) == 3

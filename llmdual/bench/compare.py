@@ -71,7 +71,8 @@ class Options:
         problems = []
         if self.preset not in PRESETS:
             problems.append(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
-        problems += [f"unknown engine {e!r}; choose from {', '.join(ENGINES)}" for e in self.engines if e not in ENGINES]
+        problems += [f"unknown engine {e!r}; choose from {', '.join(ENGINES)}" for e in self.engines
+                     if e not in ENGINES]
         problems += [f"unknown workload {w!r}; choose from {', '.join(WORKLOADS)}" for w in self.workloads
                      if w not in WORKLOADS]
         if self.precision not in DTYPES:
@@ -91,7 +92,7 @@ class Options:
             problems.append("choose at least one engine and one workload")
         longest = PRESETS[self.preset]["max_seq_len"] if self.preset in PRESETS else 0
         if any(b < 1 for b in self.batch_sizes) or any(not 1 <= t <= longest for t in self.seq_lens):
-            problems.append(f"batch sizes must be >= 1 and sequence lengths in [1, {longest}] (the preset's max_seq_len)")
+            problems.append(f"batch sizes must be >= 1 and sequence lengths in [1, {longest}] (max_seq_len)")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -183,6 +184,17 @@ def plan_cases(options: Options, device: str, threads: int, out: Path, console: 
     return specs, decided
 
 
+def session_peak(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The machine's peak FLOP/s for MFU: the best matmul probe of this run's worker processes (each probes with
+    its own framework), so every engine is judged against one figure; empty if none probed."""
+    probes = [(r["scalars"]["probe_flops"], r["engine"]) for r in records
+              if r.get("status") == "ok" and r.get("scalars", {}).get("probe_flops")]
+    if not probes:
+        return {}
+    best, engine = max(probes)
+    return {"probe_flops": best, "probe_source": f"best matmul probe of the run ({engine})"}
+
+
 def run(options: Options, console: Console | None = None,
         command: runner.CommandBuilder = runner.worker_command) -> tuple[dict[str, Any], list[Path]]:
     """Run the comparison; returns the results document and the files written (JSON, Markdown, PNGs).
@@ -202,8 +214,9 @@ def run(options: Options, console: Console | None = None,
     settings = {**{k: v for k, v in asdict(options).items() if k != "extra"}, "device": device,
                 "threads": threads, "dtype": DTYPES[options.precision],
                 "tolerance": expected.tolerance(DTYPES[options.precision], options.tf32 and device == "cuda"),
-                "points": options.points(), "config": options.config.to_dict()}
-    environment = env.capture(threads, flags=options.extra)
+                "points": options.points(), "config": options.config.to_dict(), **session_peak(records)}
+    worker = runner.worker_env(CaseSpec("torch-eager", "infer", {"threads": threads, "device": device}), base={})
+    environment = env.capture(threads, flags={**options.extra, "worker_env": worker})
     doc = build_document(environment, settings, decided + records)
     files = [write_json(out / "results.json", doc), *report.write_report(doc, out, options.priority)]
     report.print_tables(doc, console)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import keras
@@ -105,6 +105,9 @@ class KerasEngine:
                 return model(ids, mask, training=False)
 
         return eager
+
+    def prefetch(self, graphs: Sequence[tuple[Mapping[str, Any], str, bool]]) -> None:
+        """Nothing to share: each case builds its own model."""
 
     def forward(self, ids: np.ndarray, mask: np.ndarray | None) -> Callable[[], Any]:
         fn = self._compiled()

@@ -4,15 +4,23 @@ model (``ort-keras-export``), run by onnxruntime with the case's thread count.
 Each case exports what it runs with ``llmdual.onnx_export.export_onnx`` (which verifies the file against the
 native model before keeping it): the plain LM graph for ``infer``, the KV-cache decoder graph for
 ``generate`` (driven by ``llmdual.onnx_runtime.OnnxDecoder``), the classifier graph for ``classify``. The
-export (native build included) is ``export_s``, loading the file into a session ``build_s``.
+export runs in a child process (``python -m llmdual.bench.engine_onnx``), so the engine's own process holds
+onnxruntime only, as a deployment would, and its peak memory is onnxruntime's. ``export_s`` is the export with
+its verification (native build included, framework start-up not), ``build_s`` loading the file into a session.
 """
 
 from __future__ import annotations
 
+import argparse
 import gc
+import hashlib
+import json
+import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+import traceback
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +37,23 @@ from llmdual.onnx_runtime import open_session
 from llmdual.training import Batch, TrainConfig
 
 
+Graph = tuple[Mapping[str, Any], str, bool]  # a case's settings, task and whether it is the KV-cache decoder
+
+
+def export_graphs(source: str, settings: Mapping[str, Any], graphs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Export ``graphs`` (``task``, ``kv_cache``, ``path`` each) of the settings' model from ``source`` in one child
+    process, so one framework start-up serves them all; per graph ``{"export_s": seconds}`` (export and its
+    verification, measured in the child) or ``{"error": why}``. ``RuntimeError`` if the child dies."""
+    command = [sys.executable, "-m", "llmdual.bench.engine_onnx", "--source", source,
+               "--settings", json.dumps(settings), "--graphs", json.dumps(list(graphs))]
+    done = subprocess.run(command, capture_output=True, text=True)
+    sys.stderr.write(done.stderr)  # the worker's stderr tail then shows the exporters' own messages
+    if done.returncode != 0:
+        last = next((line for line in reversed(done.stderr.splitlines()) if line.strip()), "")
+        raise RuntimeError(f"the ONNX export process ({source}) died with exit code {done.returncode}: {last[:300]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 class OnnxEngine:
     """onnxruntime over the export of ``source``'s (``torch`` or ``keras``) model, CPU or CUDA provider."""
 
@@ -39,6 +64,28 @@ class OnnxEngine:
             raise RuntimeError("no CUDA execution provider in this onnxruntime (install onnxruntime-gpu)")
         self.folder = tempfile.TemporaryDirectory(prefix="llmdual-ort-")
         self.session: ort.InferenceSession | None = None
+        self.exports: dict[str, dict[str, Any]] = {}  # graph key -> path and export_s, or error
+
+    @staticmethod
+    def _key(settings: Mapping[str, Any], task: str, kv_cache: bool) -> str:
+        """Graphs have dynamic batch and sequence axes: one per model (config, seed), task and cache use."""
+        return json.dumps([settings["config"], settings["seed"], task, kv_cache], sort_keys=True)
+
+    def prefetch(self, graphs: Sequence[Graph]) -> None:
+        """Export every graph the process's cases need, one child process per model."""
+        by_model: dict[str, tuple[Mapping[str, Any], dict[str, dict[str, Any]]]] = {}
+        for settings, task, kv_cache in graphs:
+            key = self._key(settings, task, kv_cache)
+            if key in self.exports or settings["dtype"] != "float32":
+                continue
+            path = Path(self.folder.name, f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.onnx")
+            model = json.dumps([settings["config"], settings["seed"]], sort_keys=True)
+            by_model.setdefault(model, (settings, {}))[1][key] = {"task": task, "kv_cache": kv_cache,
+                                                                   "path": str(path)}
+        for settings, wanted in by_model.values():
+            results = export_graphs(self.source, settings, list(wanted.values()))
+            for (key, graph), result in zip(wanted.items(), results):
+                self.exports[key] = {**graph, **result}
 
     def _session(self, path: str | Path) -> ort.InferenceSession:
         if not self.cuda:
@@ -50,16 +97,16 @@ class OnnxEngine:
     def prepare(self, settings: Mapping[str, Any], task: str, kv_cache: bool) -> dict[str, float]:
         if settings["dtype"] != "float32":
             raise ValueError(f"the onnxruntime engines run the float32 export, not {settings['dtype']}")
-        path = Path(self.folder.name, f"{task}{'-kv' if kv_cache else ''}.onnx")
+        key = self._key(settings, task, kv_cache)
+        if key not in self.exports:
+            self.prefetch([(settings, task, kv_cache)])
+        graph = self.exports[key]
+        if "error" in graph:
+            raise RuntimeError(f"ONNX export from {self.source} failed: {graph['error']}")
         started = time.perf_counter()
-        native = llmdual.build(Config.from_dict(settings["config"]), self.source, task, settings["seed"])
-        export_onnx(native, path, kv_cache=kv_cache)
-        del native
-        gc.collect()
-        loaded = time.perf_counter()
-        self.session = self._session(path)
-        return {"export_s": loaded - started, "build_s": time.perf_counter() - loaded,
-                "file_mb": path.stat().st_size / 2**20}
+        self.session = self._session(graph["path"])
+        return {"export_s": graph["export_s"], "build_s": time.perf_counter() - started,
+                "file_mb": Path(graph["path"]).stat().st_size / 2**20}
 
     def forward(self, ids: np.ndarray, mask: np.ndarray | None) -> Callable[[], Any]:
         session = self.session
@@ -99,3 +146,29 @@ class OnnxEngine:
     def release(self) -> None:
         self.session = None
         gc.collect()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The export child: build the model in ``--source``'s framework and export each graph; print the results."""
+    parser = argparse.ArgumentParser(description="export a benchmark model's ONNX graphs")
+    parser.add_argument("--source", choices=("torch", "keras"), required=True)
+    parser.add_argument("--settings", required=True, help="a case's settings as JSON (config and seed are used)")
+    parser.add_argument("--graphs", required=True, help='JSON list of {"task", "kv_cache", "path"}')
+    args = parser.parse_args(argv)
+    settings = json.loads(args.settings)
+    results = []
+    for graph in json.loads(args.graphs):
+        started = time.perf_counter()
+        try:
+            model = llmdual.build(Config.from_dict(settings["config"]), args.source, graph["task"], settings["seed"])
+            export_onnx(model, graph["path"], kv_cache=graph["kv_cache"])
+            results.append({"export_s": time.perf_counter() - started})
+        except Exception as error:  # one graph's failure is its cases' result; the other graphs still export
+            traceback.print_exc()
+            results.append({"error": f"{type(error).__name__}: {str(error)[:300]}"})
+    print(json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import os
+import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -42,7 +44,8 @@ class Autocast:
 
 class TorchEngine:
     """llmdual's PyTorch model on one device; ``compile`` wraps it in ``torch.compile`` (``Module.compile``,
-    default mode), so the trainer and the forward run compiled code while the model stays an llmdual model."""
+    default mode), so the trainer and the forward run compiled code while the model stays an llmdual model.
+    Compilation starts from an empty inductor cache, so its warm-up is the same in every run."""
 
     def __init__(self, settings: Mapping[str, Any], compile: bool = False):
         if settings.get("device") == "cuda" and not torch.cuda.is_available():
@@ -52,6 +55,9 @@ class TorchEngine:
             torch.set_num_threads(int(settings["threads"]))
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(settings.get("tf32"))
         self.compile, self.model, self.dtype = compile, None, torch.float32
+        if compile:  # compile cold, as JAX and XLA do: inductor would reuse kernels an earlier run left on disk
+            self.cache = tempfile.TemporaryDirectory(prefix="llmdual-inductor-")
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = self.cache.name
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.dtype == torch.float32:
@@ -74,6 +80,9 @@ class TorchEngine:
 
     def _tensor(self, array: np.ndarray | None) -> torch.Tensor | None:
         return None if array is None else torch.as_tensor(array, dtype=torch.long, device=self.device)
+
+    def prefetch(self, graphs: Sequence[tuple[Mapping[str, Any], str, bool]]) -> None:
+        """Nothing to share: each case builds its own model."""
 
     def forward(self, ids: np.ndarray, mask: np.ndarray | None) -> Callable[[], Any]:
         model, ids_t, mask_t = self.model, self._tensor(ids), self._tensor(mask)

@@ -14,12 +14,11 @@ from llmdual.bench.workloads import Engine
 
 # (engine, workload) pairs that have no meaning, with the reason shown in the report as a skipped row.
 NOT_APPLICABLE: dict[tuple[str, str], str] = {
-    ("torch-compile", "generate"): "llmdual's decoder runs each cached step eagerly; torch.compile covers the "
-                                   "batch forward and the training step (see torch-eager for generation)",
-    ("keras-tensorflow-xla", "generate"): "llmdual's Keras decoder runs each cached step eagerly, so XLA does not "
-                                          "apply (see keras-tensorflow for generation)",
-    ("ort-torch-export", "train"): "onnxruntime runs exported inference graphs; it has no training step here",
-    ("ort-keras-export", "train"): "onnxruntime runs exported inference graphs; it has no training step here",
+    ("torch-compile", "generate"): "llmdual's decoder runs its cached steps eagerly (see torch-eager)",
+    ("keras-tensorflow-xla", "generate"): "llmdual's Keras decoder runs its cached steps eagerly "
+                                          "(see keras-tensorflow)",
+    ("ort-torch-export", "train"): "onnxruntime runs exported inference graphs only",
+    ("ort-keras-export", "train"): "onnxruntime runs exported inference graphs only",
 }
 
 # module, class and constructor arguments of each engine, imported only inside the worker.

@@ -2,8 +2,9 @@
 
 Every engine of ``llmdual.bench.ref_engines.ENGINES`` runs in a fresh process per round (``runner.run_case``:
 same thread settings, crash isolation), the engines in a new seeded random order each round so that drift
-favours none (engines no targeted bar reads fill the table from the first round only, to bound the run); each process first proves it computes llmdual's logits on the same weights. A *bar* is a ratio
-of medians (``stats.ratio_of_medians``: pooled timed repeats of all rounds, bootstrap 95% interval) with a
+favours none (engines that no targeted bar reads fill the table from the first round only, which bounds the
+run); each process first proves it computes llmdual's logits on the same weights. A *bar* is a ratio of
+medians (``stats.ratio_of_medians``: pooled timed repeats of all rounds, bootstrap 95% interval) with a
 target; it passes when the measured ratio reaches the target, and the interval says how sure that is.
 """
 
@@ -41,7 +42,8 @@ LLMDUAL_GENERATORS = tuple(e for e, s in ENGINES.items() if e.startswith("llmdua
 @dataclass(frozen=True)
 class Bar:
     """``median(numerator) / median(denominator)`` of two (engine, metric) samples, and the target it must reach
-    (``None``: reported, no target). A numerator engine of ``None`` means the fastest llmdual generator."""
+    (``None``: reported, no target). A numerator engine ``None`` stands for the fastest llmdual generator, an
+    engine ending in ``*`` for the fastest engine of that prefix."""
 
     key: str
     label: str
@@ -95,7 +97,7 @@ def make_settings(preset: str = "small", batch_size: int = 8, seq_len: int = 256
         "device": "cpu", "dtype": "float32", "tolerance": 1e-4,
         "nanogpt": None if nanogpt is None else str(Path(nanogpt).resolve()),
         "train": {k: getattr(recipe, k) for k in ("lr", "beta1", "beta2", "eps", "weight_decay", "grad_clip")},
-        "warmup": {"train": 1, "infer": 1, "generate": 1, "kv": 3},
+        "warmup": {"train": 1, "infer": 1, "generate": 0, "kv": 3},  # generate: the token check warmed it up
         "repeats": {"train": repeats, "infer": repeats, "generate": 2 * repeats, "kv": 8 * repeats},
         "budget_s": budget_s,
     }
@@ -159,12 +161,12 @@ def schedule(specs: Sequence[CaseSpec], rounds: int, seed: int) -> list[tuple[in
 
 
 def pooled(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per engine: status (the first non-ok one wins), reason, every metric's values over all ok rounds, and
-    scalars of its last ok round."""
+    """Per engine: status (the first non-ok one wins), reason, every metric's values over all ok rounds (and
+    per round, in ``by_round``), and the scalars of its last ok round."""
     engines: dict[str, dict[str, Any]] = {}
     for record in records:
         entry = engines.setdefault(record["engine"], {"status": "ok", "reason": None, "values": {},
-                                                      "scalars": {}, "rounds": 0})
+                                                      "by_round": {}, "scalars": {}, "rounds": 0})
         if record["status"] != "ok":
             if entry["status"] == "ok":
                 entry.update(status=record["status"], reason=record["reason"])
@@ -173,7 +175,18 @@ def pooled(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         entry["scalars"] = record.get("scalars", {})
         for metric, values in record.get("measurements", {}).items():
             entry["values"].setdefault(metric, []).extend(values)
+            entry["by_round"].setdefault(record.get("round", 0), {})[metric] = list(values)
     return engines
+
+
+def per_round(engines: dict[str, dict[str, Any]], numerator: tuple[str, str],
+              denominator: tuple[str, str]) -> list[float]:
+    """The bar's ratio of medians within each round both engines measured: the pooled ratio mixes rounds, so
+    load that changes between rounds shows up here as rounds that disagree."""
+    (a, ma), (b, mb) = numerator, denominator
+    rounds_a, rounds_b = engines[a]["by_round"], engines[b]["by_round"]
+    common = sorted(r for r in rounds_a if r in rounds_b and ma in rounds_a[r] and mb in rounds_b[r])
+    return [stats.median(rounds_a[r][ma]) / stats.median(rounds_b[r][mb]) for r in common]
 
 
 def _best(engines: dict[str, dict[str, Any]], candidates: Sequence[str], metric: str) -> str | None:
@@ -200,12 +213,13 @@ def evaluate(engines: dict[str, dict[str, Any]], seed: int = 0) -> list[dict[str
             missing = [e for e, v in ((num_engine, a), (den_engine, b)) if not v]
             why = "; ".join(f"{e}: {engines[e]['reason']}" if e in engines and engines[e]["reason"] else
                             f"{e or 'no engine'}: not measured" for e in missing)
-            results.append({**row, "ratio": None, "low": None, "high": None, "verdict": "not measured",
-                            "reason": why})
+            results.append({**row, "ratio": None, "low": None, "high": None, "per_round": [],
+                            "verdict": "not measured", "reason": why})
             continue
         r = stats.ratio_of_medians(a, b, seed=seed)
-        results.append({**row, "ratio": r.ratio, "low": r.low, "high": r.high, "reason": None,
-                        "verdict": verdict(r, bar.target)})
+        rounds = per_round(engines, (num_engine, num_metric), (den_engine, den_metric))
+        results.append({**row, "ratio": r.ratio, "low": r.low, "high": r.high, "per_round": rounds,
+                        "reason": None, "verdict": verdict(r, bar.target)})
     return results
 
 
@@ -239,14 +253,16 @@ def _figure(value: float, metric: str) -> str:
 
 
 def bar_table(bars: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the ratio table: each bar's engines, ratio [95% interval], target, verdict."""
-    header = ["bar", "llmdual engine", "reference", "ratio [95% CI]", "target", "verdict"]
+    """Header and rows of the ratio table: each bar's engines, ratio [95% CI], per-round ratios, target, verdict."""
+    header = ["bar", "llmdual engine", "reference", "ratio [95% CI]", "per round", "target", "verdict"]
     rows = []
     for bar in bars:
         ratio = "–" if bar["ratio"] is None else f"{bar['ratio']:.2f}x [{bar['low']:.2f}–{bar['high']:.2f}]"
         target = "–" if bar["target"] is None else f">= {bar['target']:.2f}x"
         verdict_text = bar["verdict"] + (f": {bar['reason']}" if bar["reason"] else "")
-        rows.append([bar["key"], bar["numerator"] or "–", bar["denominator"] or "–", ratio, target, verdict_text])
+        rounds = ", ".join(f"{r:.2f}" for r in bar["per_round"]) or "–"
+        rows.append([bar["key"], bar["numerator"] or "–", bar["denominator"] or "–", ratio, rounds, target,
+                     verdict_text])
     return header, rows
 
 
@@ -278,13 +294,15 @@ def markdown_report(doc: dict[str, Any]) -> str:
     """The Markdown report: what was measured and how, the bars, the engines' absolute figures, notes."""
     s, env = doc["settings"], doc["env"]
     notes = [f"- `{r['engine']}`: {r['note']}" for r in doc["engines"] if r["note"]]
+    setup = (f"Preset `{s['preset']}`, batch {s['batch_size']} x {s['seq_len']} tokens, fp32, {s['threads']} "
+             f"threads, {doc['rounds']} round(s) per bar engine (fresh process each, interleaved; table-only "
+             f"engines one); generation: greedy, batch 1, {s['prompt_len']}-token prompt, {s['new_tokens']} new "
+             f"tokens; KV step at {s['config']['max_seq_len']} tokens. CPU: {env.get('cpu_model')} "
+             f"({env.get('cpu_usable')} usable cores). Ratios are ratios of medians with a bootstrap 95% interval; "
+             "every engine first matched llmdual's logits on the same weights.")
     return "\n\n".join([
         "# llmdual performance bar",
-        f"Preset `{s['preset']}`, batch {s['batch_size']} x {s['seq_len']} tokens, fp32, {s['threads']} threads, "
-        f"{doc['rounds']} round(s) per engine (fresh process each, interleaved); generation: greedy, batch 1, "
-        f"{s['prompt_len']}-token prompt, {s['new_tokens']} new tokens; KV step at {s['config']['max_seq_len']} "
-        f"tokens. CPU: {env.get('cpu_model')} ({env.get('cpu_usable')} usable cores). Ratios are ratios of "
-        "medians with a bootstrap 95% interval; every engine first matched llmdual's logits on the same weights.",
+        setup,
         "## Bars",
         markdown_table(*bar_table(doc["bars"])),
         "## Engines",

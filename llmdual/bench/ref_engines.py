@@ -54,8 +54,7 @@ ENGINES: dict[str, EngineSpec] = {
     "llmdual-keras-tf": EngineSpec("llmdual-keras", _LM + _KV, ("keras", "tensorflow"), "tensorflow"),
     "llmdual-keras-tf-xla": EngineSpec("llmdual-keras", ("train", "infer"), ("keras", "tensorflow"),
                                        "tensorflow", xla=True),
-    "llmdual-keras-jax": EngineSpec("llmdual-keras", ("infer", "generate"), ("keras", "jax"), "jax",
-                                    note="no train: llmdual's Keras trainer runs on tensorflow and torch"),
+    "llmdual-keras-jax": EngineSpec("llmdual-keras", _LM, ("keras", "jax"), "jax", xla=True),
     "llmdual-keras-torch": EngineSpec("llmdual-keras", _LM, ("keras", "torch"), "torch"),
     "kerashub-tf": EngineSpec("kerashub", _LM, ("keras", "tensorflow", "keras_hub"), "tensorflow"),
     "kerashub-tf-xla": EngineSpec("kerashub", _LM, ("keras", "tensorflow", "keras_hub"), "tensorflow", xla=True),
@@ -157,7 +156,7 @@ def _torch_engine(name: str, spec: EngineSpec, config: Config, weights: dict[str
         forward = model
     elif spec.family == "hf":
         model = reference.build_hf(workdir)
-        optimizer = _torch_adamw(model, train, fused=True)
+        optimizer = _hf_adamw(model, train)
         with torch.no_grad():
             engine.logits = model(x, use_cache=False).logits.numpy()
 
@@ -169,7 +168,7 @@ def _torch_engine(name: str, spec: EngineSpec, config: Config, weights: dict[str
             optimizer.zero_grad(set_to_none=True)
 
         engine.work["train"] = hf_step
-        forward = lambda ids: model(input_ids=ids, use_cache=False).logits  # noqa: E731
+        forward = lambda ids: model(input_ids=ids, use_cache=False).logits
     else:
         model = reference.build_nanogpt(nanogpt, config, weights)
         optimizer = model.configure_optimizers(train.weight_decay, train.lr, (train.beta1, train.beta2), "cpu")
@@ -184,7 +183,7 @@ def _torch_engine(name: str, spec: EngineSpec, config: Config, weights: dict[str
             optimizer.zero_grad(set_to_none=True)
 
         engine.work["train"] = nanogpt_step
-        forward = lambda ids: model(ids, y)[0]  # noqa: E731
+        forward = lambda ids: model(ids, y)[0]
 
     def infer() -> None:
         model.eval()
@@ -226,14 +225,15 @@ def _ort_engine(config: Config, weights: dict[str, np.ndarray], inputs: Inputs, 
     return engine
 
 
-def _torch_adamw(model: Any, train: TrainConfig, fused: bool) -> Any:
-    """AdamW with the recipe's hyper-parameters, decaying tensors with ``ndim >= 2`` only."""
+def _hf_adamw(model: Any, train: TrainConfig) -> Any:
+    """AdamW as Hugging Face's ``Trainer`` builds it by default (``adamw_torch_fused``; decay on every weight but
+    biases and LayerNorm, here the tensors with ``ndim >= 2``) with the recipe's hyper-parameters."""
     import torch
 
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": train.weight_decay},
               {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=train.lr, betas=(train.beta1, train.beta2), eps=train.eps, fused=fused)
+    return torch.optim.AdamW(groups, lr=train.lr, betas=(train.beta1, train.beta2), eps=train.eps, fused=True)
 
 
 def _keras_engine(spec: EngineSpec, config: Config, weights: dict[str, np.ndarray], inputs: Inputs,
@@ -250,8 +250,8 @@ def _keras_engine(spec: EngineSpec, config: Config, weights: dict[str, np.ndarra
         if "train" in spec.workloads:
             trainer = Trainer(model, train.replace(jit_compile=spec.xla))
             engine.work["train"] = lambda: trainer.step((inputs.x, inputs.y))
-        predict = lambda ids: model.predict_on_batch(ids)  # noqa: E731
-        generate = lambda: _llmdual_generate(model, inputs, new_tokens)  # noqa: E731
+        predict = lambda ids: model.predict_on_batch(ids)
+        generate = lambda: _llmdual_generate(model, inputs, new_tokens)
     else:
         import keras
 
@@ -266,13 +266,13 @@ def _keras_engine(spec: EngineSpec, config: Config, weights: dict[str, np.ndarra
                       weighted_metrics=[], sampler="greedy", jit_compile=spec.xla)
         batch = {"token_ids": inputs.x, "padding_mask": np.ones_like(inputs.x, dtype=bool)}
         engine.work["train"] = lambda: model.train_on_batch(batch, inputs.y)
-        predict = lambda ids: model.predict_on_batch(  # noqa: E731
+        predict = lambda ids: model.predict_on_batch(
             {"token_ids": ids, "padding_mask": np.ones_like(ids, dtype=bool)})
         total = len(inputs.prompt) + new_tokens
         padded = np.zeros((1, total), np.int64)
         padded[0, :len(inputs.prompt)] = inputs.prompt
         prompt = {"token_ids": padded, "padding_mask": np.arange(total)[None] < len(inputs.prompt)}
-        generate = lambda: np.asarray(  # noqa: E731
+        generate = lambda: np.asarray(
             model.generate(prompt, stop_token_ids=None)["token_ids"][0, len(inputs.prompt):])
     engine.logits = np.asarray(predict(inputs.x), dtype=np.float32)
     engine.work["infer"] = lambda: predict(inputs.x)

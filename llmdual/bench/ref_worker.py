@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["KERAS_BACKEND"] = spec.keras_backend
     try:
         result = run(case["engine"], case["settings"])
-    except Exception as error:  # any failure of an engine is its result, reported with where it happened
+    except Exception as error:  # noqa: BLE001 -- any failure of an engine is its result, with where it happened
         where = traceback.extract_tb(error.__traceback__)[-1]
         traceback.print_exc()
         result = {"status": "failed", "reason": f"{type(error).__name__}: {error} "

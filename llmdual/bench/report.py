@@ -13,6 +13,7 @@ from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 from rich.console import Console
 from rich.table import Table
 
@@ -87,7 +88,8 @@ def workload_table(doc: dict[str, Any], workload: str, compact: bool = False) ->
     show_flops = any((c.get("flops") or {}).get("achieved") for _, c in cases)
     show_export = any("export_s" in c["scalars"] for _, c in cases)
     header = ["engine", *keys, _metric(primary).label, "IQR" if compact else "spread (IQR; 95% CI)",
-              "vs fastest", *(_metric(m).label for m in others),
+              "vs fastest", *(_metric(m).label + (" p50 / p90 / p99" if m == "token_latency_s" else "")
+                              for m in others),
               *(["model FLOP/s (MFU)"] if show_flops else []), "peak memory", "build / warm-up",
               *(["ONNX export / file"] if show_export else []), "status"]
     rows = []
@@ -115,7 +117,10 @@ def workload_table(doc: dict[str, Any], workload: str, compact: bool = False) ->
                 row.append(format_value(s[metric]["median"], _metric(metric).unit))
         if show_flops:
             f = case.get("flops") or {}
-            mfu = f" ({100 * f['utilisation']:.1f}%)" if f.get("utilisation") is not None else ""
+            mfu = f" ({100 * f['utilisation']:.1f}%" if f.get("utilisation") is not None else ""
+            if mfu and f.get("probe_utilisation") is not None and f.get("probe_peak") != f.get("peak"):
+                mfu += f"; {100 * f['probe_utilisation']:.1f}% of probe"
+            mfu += ")" if mfu else ""
             row.append(f"{format_flops(f['achieved'])}{mfu}" if f.get("achieved") else "–")
         memory = next((m for m in MEMORY_METRICS if m in s), None)
         row.append(format_value(s[memory]["median"], "MB") if memory else "–")
@@ -241,6 +246,17 @@ def _colors(doc: dict[str, Any]) -> dict[str, str]:
     return {fw: f"C{i % 10}" for i, fw in enumerate(frameworks)}
 
 
+def _caption(doc: dict[str, Any], point: dict[str, Any]) -> str:
+    """What a chart measured: preset, batch, sequence, device, precision and threads."""
+    settings, threads = doc["settings"], doc["env"].get("threads")
+    parts = [f"{settings['preset']}" if settings.get("preset") else None,
+             f"batch {point['batch_size']}" if "batch_size" in point else None,
+             f"seq {point['seq_len']}" if "seq_len" in point else None,
+             " ".join(str(point[k]) for k in ("device", "dtype") if k in point) or None,
+             f"{threads} threads" if threads else None]
+    return ", ".join(p for p in parts if p)
+
+
 def plot_throughput(doc: dict[str, Any], out_dir: Path) -> list[Path]:
     """One PNG per workload: the headline metric per engine (median, 95% CI error bars), one panel per point."""
     colors, paths = _colors(doc), []
@@ -249,7 +265,6 @@ def plot_throughput(doc: dict[str, Any], out_dir: Path) -> list[Path]:
         groups = [g for g in doc["summary"]["groups"] if g["workload"] == workload and g["metric"] == metric]
         if not groups:
             continue
-        keys = _varying([g["point"] for g in groups])
         fig = Figure(figsize=(max(5.0, 2.0 + 1.2 * max(len(g["entries"]) for g in groups)) * len(groups), 4.5))
         for ax, group in zip(fig.subplots(1, len(groups), squeeze=False)[0], groups):
             cases = [doc["cases"][e["case"]] for e in group["entries"]]
@@ -259,7 +274,10 @@ def plot_throughput(doc: dict[str, Any], out_dir: Path) -> list[Path]:
             ax.bar(range(len(cases)), medians, yerr=errors, capsize=4, color=[colors[c["framework"]] for c in cases])
             ax.set_xticks(range(len(cases)), [c["engine"] for c in cases], rotation=30, ha="right")
             ax.set_ylabel(f"{_metric(metric).label} ({_metric(metric).unit})")
-            ax.set_title(f"{workload}" + (f" ({_point_label(group['point'], keys)})" if keys else ""))
+            ax.set_title(f"{workload}: {_caption(doc, group['point'])}", fontsize="medium")
+            frameworks = sorted({c["framework"] for c in cases})
+            ax.legend(handles=[Patch(color=colors[fw], label=fw) for fw in frameworks], fontsize="small",
+                      title="median, 95% CI", title_fontsize="small")
         fig.tight_layout()
         paths.append(_save(fig, out_dir / f"throughput_{workload}.png"))
     return paths

@@ -167,7 +167,9 @@ def merge_runs(runs: Iterable[Mapping[str, Any]], seed: int = 0) -> list[dict[st
 
 
 def _flops(case: dict[str, Any], env: Mapping[str, Any], settings: Mapping[str, Any]) -> dict[str, Any] | None:
-    """Achieved FLOP/s of an ok case and its utilisation of the best-known peak (given, datasheet, probe)."""
+    """Achieved FLOP/s of an ok case and its utilisation of the best-known peak (given, datasheet, probe), and
+    of the matmul probe's peak on its own (``probe_*``): the run's best probe when ``settings["probe_flops"]``
+    holds it, else the case's own."""
     config, seq_len = case["settings"].get("config"), case["settings"].get("seq_len")
     if case["status"] != "ok" or config is None or seq_len is None:
         return None
@@ -176,6 +178,11 @@ def _flops(case: dict[str, Any], env: Mapping[str, Any], settings: Mapping[str, 
     if per_unit is None or metric not in case["stats"]:
         return None
     achieved = per_unit * case["stats"][metric]["median"]
+    probe, probe_source = None, None
+    if settings.get("probe_flops"):
+        probe, probe_source = float(settings["probe_flops"]), str(settings.get("probe_source", "matmul probe"))
+    elif case["scalars"].get("probe_flops"):
+        probe, probe_source = float(case["scalars"]["probe_flops"]), "matmul probe"
     peak, source = None, None
     gpus = env.get("gpus") or []
     if settings.get("peak_flops"):
@@ -184,14 +191,16 @@ def _flops(case: dict[str, Any], env: Mapping[str, Any], settings: Mapping[str, 
         precision = flops.precision_of(case["settings"].get("dtype", "float32"), bool(case["settings"].get("tf32")))
         peak = flops.datasheet_peak(gpus[0]["name"], precision)
         source = f"datasheet {flops.gpu_model(gpus[0]['name'])} {precision}" if peak else None
-    if peak is None and case["scalars"].get("probe_flops"):
-        peak, source = float(case["scalars"]["probe_flops"]), "matmul probe"
+    if peak is None and probe is not None:
+        peak, source = probe, probe_source
     return {
         "per_unit": per_unit,
         "achieved": achieved,
         "peak": peak,
         "peak_source": source,
         "utilisation": None if peak is None else flops.utilisation(achieved, peak),
+        "probe_peak": probe,
+        "probe_utilisation": None if probe is None else flops.utilisation(achieved, probe),
     }
 
 

@@ -31,16 +31,18 @@ should report where they apply: ``peak_rss_mb`` (``VmHWM`` of ``/proc/self/statu
 reset at its start when several share a process; not ``ru_maxrss``, which on Linux inherits the parent's
 peak across fork and exec; the runner falls back to polling the worker process's ``VmHWM`` itself),
 ``peak_device_mb``, ``build_s``, ``warmup_s`` (warm-up, compilation included), ``export_s``, ``file_mb``,
-``max_abs_diff`` (parity against the reference), ``probe_flops`` (a matmul probe's FLOP/s, computed with
-:func:`llmdual.bench.flops.matmul_flop_rate`). Numbers must be finite. ``mismatch`` means it ran but the
-outputs differ from the reference beyond tolerance; ``failed`` means it could not run the case (say why).
+``max_abs_diff`` (parity against the reference; ``max_rel_diff`` for training), ``probe_flops`` (a matmul
+probe's FLOP/s, computed with :func:`llmdual.bench.flops.matmul_flop_rate`). Numbers must be finite.
+``mismatch`` means it ran but the outputs differ from the reference beyond tolerance; ``failed`` means it could
+not run the case (say why).
 
 Case settings (passed to the worker verbatim and kept in the results): ``config`` (``Config.to_dict()``),
 ``preset`` (its name, for display), ``batch_size``, ``seq_len`` (the prompt length for ``generate``),
 ``new_tokens`` (``generate``), ``warmup`` and ``repeats`` (untimed and timed iterations), ``seed``,
 ``device`` (``"cpu"`` | ``"cuda"``), ``dtype`` (``"float32"`` | ``"bfloat16"`` | ``"float16"``), ``tf32``
 (bool), ``threads`` (CPU threads; the runner sets the thread variables and pins the process to that many
-cores) and ``tolerance`` (for the parity check). The runner itself reads only ``threads`` and ``device``.
+cores), ``tolerance`` (for the parity check) and ``expected`` (the ``.npz`` of PyTorch reference outputs,
+:mod:`llmdual.bench.expected`). The runner itself reads only ``threads`` and ``device``.
 """
 
 from __future__ import annotations

@@ -47,6 +47,8 @@ def run_cases(cases: Sequence[dict[str, Any]], result_paths: Sequence[str]) -> N
     try:
         engine = open_engine(cases[0]["engine"], cases[0]["settings"])
         probe_flops = engine.probe_flops()
+        engine.prefetch([(c["settings"], workloads.TASKS[c["workload"]], c["workload"] == "generate")
+                         for c in cases if c["workload"] in workloads.TASKS])
     except Exception as error:  # the engine cannot start here: every case says why
         opened = _failure(error)
     for case, path in zip(cases, result_paths):

@@ -2,8 +2,9 @@
 
 Numpy in, numpy out: ids and the attention mask (past + new tokens) go in, the last position's float32 logits
 come out with an opaque state (the KV cache, or the ids so far when recomputing). Left padding is handled by
-the mask and ``position_ids = cumsum(mask) - 1``; an unpadded batch skips both. Layers are called eagerly
-(no ``predict``, no tracing), so a step costs only its ops.
+the mask and ``position_ids = cumsum(mask) - 1``; an unpadded batch skips both. On TensorFlow the step runs
+as one ``tf.function`` graph (traced for a few shape patterns, then reused): called eagerly, Keras' per-layer
+overhead would cost more than the step's arithmetic. Other Keras backends call the layers directly.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import keras
 import numpy as np
 from keras import ops
+
+from llmdual.inputs import check_inputs
 
 
 class Decoder:
@@ -21,6 +24,7 @@ class Decoder:
             raise ValueError(f"generation needs a task 'lm' model, got task {model.task!r}")
         self.model, self.use_cache = model, use_cache
         self.max_seq_len = model.config.max_seq_len
+        self._forward = compiled(model.forward_cached)
 
     def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[np.ndarray, object]:
         """Run the prompts; return the last position's logits [B, V] and the state for ``step``."""
@@ -36,7 +40,8 @@ class Decoder:
         """One ``forward_cached`` call: mask and positions only when some row is padded."""
         padded = not mask.all()
         positions = np.maximum(mask.cumsum(axis=1) - 1, 0)[:, -ids.shape[1]:] if padded else None
-        logits, present = self.model.forward_cached(
+        check_inputs(ids, self.model.config, 0 if past is None else int(ops.shape(past[0][0])[2]), not padded)
+        logits, present = self._forward(
             self._tensor(ids), past, self._tensor(mask) if padded else None, self._tensor(positions)
         )
         last = np.asarray(ops.convert_to_numpy(logits[:, -1]), dtype=np.float32)
@@ -44,3 +49,14 @@ class Decoder:
 
     def _tensor(self, array: np.ndarray | None):
         return None if array is None else ops.convert_to_tensor(np.asarray(array, dtype=np.int64))
+
+
+def compiled(forward_cached):
+    """``forward_cached`` as a TensorFlow graph function on the TensorFlow backend (shapes relaxed after a
+    second trace, so growing caches reuse one graph); unchanged on other backends. Inputs are checked eagerly
+    by the caller, since a graph cannot look at their values."""
+    if keras.backend.backend() != "tensorflow":
+        return forward_cached
+    import tensorflow as tf
+
+    return tf.function(forward_cached, reduce_retracing=True)

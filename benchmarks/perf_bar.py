@@ -96,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     engines = perf_bar.pooled(records)
     doc = perf_bar.document(perf_bar.evaluate(engines, args.seed), perf_bar.engine_rows(engines, args.seed),
                             settings, env.capture(args.threads), args.rounds)
-    print_table(console, "Performance bar (ratio of medians, bootstrap 95% interval)",
-                *perf_bar.bar_table(doc["bars"]))
+    print_table(console, "Performance bar (per-round ratio of medians, geometric mean over rounds, bootstrap 95% "
+                "interval)", *perf_bar.bar_table(doc["bars"]))
     print_table(console, "Engines (median [95% interval])", *perf_bar.engine_table(doc["engines"]))
     atomic_write(args.out / "perf-bar.json",
                  lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n"))

@@ -39,7 +39,7 @@ def main() -> None:
     for run in runs.values():
         m = run.metrics
         print(f"{run.backend:<8} {m['accuracy']:>9.3f} {m['macro_f1']:>9.3f} {m['loss']:>9.3f} {run.seconds:>8.1f}")
-    print(f"largest per-step training-loss gap between the backends: {max_curve_gap(runs):.2e} (relative)")
+    print(f"largest per-step training-loss gap between the backends: {max_curve_gap(runs):.2e} nats")
     print(f"loss curves: {plot_curves(runs, f'{args.out}/loss.png', 'Same classifier: PyTorch vs Keras')}")
 
 

@@ -13,6 +13,7 @@ import onnxruntime as ort
 
 from llmdual.config import Config
 from llmdual.evaluate import cross_entropy_sum
+from llmdual.generate import StepDecoder
 
 
 def open_session(path: str | os.PathLike, threads: int | None = None) -> ort.InferenceSession:
@@ -111,7 +112,7 @@ def throughput(run: Callable[[], object], tokens: int, repeats: int = 5, warmup:
     return rates
 
 
-class OnnxDecoder:
+class OnnxDecoder(StepDecoder):
     """``llmdual.generate.Decoder`` over a session of an llmdual LM export: a KV-cache export feeds its cache
     back step by step (or, with ``use_cache=False``, recomputes from an empty one); a plain export recomputes
     the whole prefix every step, and takes unpadded prompts only (it has no attention_mask input)."""
@@ -123,16 +124,6 @@ class OnnxDecoder:
             raise ValueError(f"generation needs a task 'lm' export, got task {self.info.task!r}")
         self.use_cache = use_cache and self.info.kv_cache
         self.max_seq_len = self.info.config.max_seq_len
-
-    def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[np.ndarray, object]:
-        """Run the prompts; return the last position's logits [B, V] and the state for ``step``."""
-        return self._run(input_ids, attention_mask, None)
-
-    def step(self, next_ids: np.ndarray, attention_mask: np.ndarray, state: object) -> tuple[np.ndarray, object]:
-        """Feed one new token per row ([B, 1]); ``attention_mask`` covers every token so far, new one included."""
-        if self.use_cache:
-            return self._run(next_ids, attention_mask, state)
-        return self._run(np.concatenate([state, next_ids], axis=1), attention_mask, None)
 
     def _run(self, ids: np.ndarray, mask: np.ndarray, past: list[np.ndarray] | None) -> tuple[np.ndarray, object]:
         """One session call: the cache export with ``past`` (None: empty), or a full pass of the plain one."""

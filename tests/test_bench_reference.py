@@ -132,3 +132,12 @@ def test_table_only_engines_run_in_the_first_round_only():
     assert [(r, s.engine) for r, s in order].count((0, "kerashub-jax")) == 1
     assert sum(s.engine == "kerashub-jax" for _, s in order) == 1
     assert sum(s.engine == "hf-torch" for _, s in order) == 3
+
+
+def test_paired_ratio_keeps_load_changes_between_rounds_out():
+    from llmdual.bench import perf_bar
+
+    quiet, busy = ([300.0, 310.0, 290.0], [150.0, 155.0, 145.0]), ([100.0, 90.0, 110.0], [50.0, 45.0, 55.0])
+    ratio = perf_bar.paired_ratio([quiet, busy])
+    assert ratio.ratio == pytest.approx(2.0)
+    assert ratio.low <= 2.0 <= ratio.high

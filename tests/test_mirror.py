@@ -14,7 +14,8 @@ FRAMEWORK_ONLY = {"build", "get_config", "forward", "call"}
 ONE_SIDED = {
     "api.py": {"value_and_grad"},  # Keras runs on three autodiff engines; PyTorch has one (.backward)
     "weights.py": {"variable"},  # PyTorch resolves canonical names with get_parameter; Keras walks its layers
-    "export.py": {"Graph"},  # torch.onnx exports a module: a wrapper fixes the exported signature
+    "export.py": {"Graph"},
+    "decode.py": {"compiled"},  # Keras layers called eagerly on TensorFlow cost more than a step's arithmetic  # torch.onnx exports a module: a wrapper fixes the exported signature
     # Training the Keras way (compile/fit) needs a schedule object, an optimizer subclass matching PyTorch's
     # AdamW, the batch as a dict for train_step, a data Sequence and a callback, where PyTorch's explicit loop
     # needs none; only Keras must ask its backend whether a GPU exists.

@@ -2,8 +2,8 @@
 
 Each backend runs the way Keras itself runs it: the batch forward compiled as Keras' ``predict`` would
 (``tf.function``, with XLA only for ``keras-tensorflow-xla``; ``jax.jit``; eager on torch), training through
-llmdual's Keras ``Trainer`` with ``jit_compile`` set the same way, and generation through llmdual's eager
-decoder. Mixed precision is Keras' global dtype policy (``mixed_bfloat16``/``mixed_float16``: float32
+llmdual's Keras ``Trainer`` with ``jit_compile`` set the same way, and generation through llmdual's Keras
+decoder (a ``tf.function`` graph on TensorFlow, eager elsewhere). Mixed precision is Keras' global dtype policy (``mixed_bfloat16``/``mixed_float16``: float32
 variables, reduced-precision compute), set before the model is built.
 """
 

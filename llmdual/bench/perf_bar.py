@@ -3,9 +3,10 @@
 Every engine of ``llmdual.bench.ref_engines.ENGINES`` runs in a fresh process per round (``runner.run_case``:
 same thread settings, crash isolation), the engines in a new seeded random order each round so that drift
 favours none (engines that no targeted bar reads fill the table from the first round only, which bounds the
-run); each process first proves it computes llmdual's logits on the same weights. A *bar* is a ratio of
-medians (``stats.ratio_of_medians``: pooled timed repeats of all rounds, bootstrap 95% interval) with a
-target; it passes when the measured ratio reaches the target, and the interval says how sure that is.
+run, and the engines a bar compares run back to back); each process first proves it computes llmdual's
+logits on the same weights. A *bar* is a ratio of medians, per round and then averaged over rounds
+(geometric mean, two-level bootstrap 95% interval; see ``paired_ratio``), with a target; it passes when the measured
+ratio reaches the target, and the interval says how sure that is.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from llmdual.bench import stats
 from llmdual.bench.ref_engines import ENGINES
@@ -80,6 +83,21 @@ BARS = (
 # the others only fill the table and run in the first round.
 BAR_ENGINES = frozenset({e for bar in BARS if bar.target is not None for e, _ in (bar.numerator, bar.denominator)
                          if e is not None} | set(LLMDUAL_GENERATORS))
+
+
+def bar_groups() -> list[set[str]]:
+    """Engines that targeted bars compare with each other, merged where bars share an engine; ``schedule`` runs
+    each group back to back within a round, so load that drifts over minutes hits the compared engines alike."""
+    groups: list[set[str]] = []
+    for bar in BARS:
+        if bar.target is None:
+            continue
+        group = {bar.denominator[0]} | ({bar.numerator[0]} if bar.numerator[0] else set(LLMDUAL_GENERATORS))
+        for other in [g for g in groups if g & group]:
+            groups.remove(other)
+            group |= other
+        groups.append(group)
+    return groups
 
 
 def make_settings(preset: str = "small", batch_size: int = 8, seq_len: int = 256, prompt_len: int = 32,
@@ -149,14 +167,21 @@ def run(engines: Sequence[str], settings: dict[str, Any], rounds: int, jsonl: st
 
 def schedule(specs: Sequence[CaseSpec], rounds: int, seed: int) -> list[tuple[int, CaseSpec]]:
     """(round, case) pairs: engines behind a targeted bar in every round, the others in the first only, in a
-    fresh seeded random order each round."""
+    fresh seeded random order each round, the engines of a ``bar_groups`` group next to each other."""
     if rounds < 1:
         raise ValueError(f"rounds must be at least 1, got {rounds}")
+    group_of = {engine: i for i, group in enumerate(bar_groups()) for engine in group}
     rng, order = random.Random(seed), []
     for round_index in range(rounds):
-        cases = [s for s in specs if round_index == 0 or s.engine in BAR_ENGINES]
-        rng.shuffle(cases)
-        order.extend((round_index, spec) for spec in cases)
+        units: dict[Any, list[CaseSpec]] = {}
+        for spec in specs:
+            if round_index == 0 or spec.engine in BAR_ENGINES:
+                units.setdefault(group_of.get(spec.engine, spec.engine), []).append(spec)
+        shuffled = list(units.values())
+        rng.shuffle(shuffled)
+        for unit in shuffled:
+            rng.shuffle(unit)
+            order.extend((round_index, spec) for spec in unit)
     return order
 
 
@@ -179,14 +204,37 @@ def pooled(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return engines
 
 
-def per_round(engines: dict[str, dict[str, Any]], numerator: tuple[str, str],
-              denominator: tuple[str, str]) -> list[float]:
-    """The bar's ratio of medians within each round both engines measured: the pooled ratio mixes rounds, so
-    load that changes between rounds shows up here as rounds that disagree."""
+def paired_samples(engines: dict[str, dict[str, Any]], numerator: tuple[str, str],
+                   denominator: tuple[str, str]) -> list[tuple[list[float], list[float]]]:
+    """(numerator values, denominator values) of every round in which both engines measured their metric."""
     (a, ma), (b, mb) = numerator, denominator
     rounds_a, rounds_b = engines[a]["by_round"], engines[b]["by_round"]
     common = sorted(r for r in rounds_a if r in rounds_b and ma in rounds_a[r] and mb in rounds_b[r])
-    return [stats.median(rounds_a[r][ma]) / stats.median(rounds_b[r][mb]) for r in common]
+    return [(rounds_a[r][ma], rounds_b[r][mb]) for r in common]
+
+
+def paired_ratio(pairs: Sequence[tuple[Sequence[float], Sequence[float]]], confidence: float = 0.95,
+                 n_boot: int = 2000, seed: int = 0) -> stats.Ratio:
+    """Geometric mean over rounds of each round's ratio of medians, with a two-level bootstrap interval (rounds
+    resampled, then the repeats within each), so rounds that disagree widen it; one round gives what
+    ``stats.ratio_of_medians`` gives. Pairing by round keeps load that changes between rounds out of the ratio,
+    which pooling every round's repeats would mix in."""
+    rng = np.random.default_rng(seed)
+    logs, point = [], []
+    for a, b in pairs:
+        x, y = stats.sample(a), stats.sample(b)
+        if np.any(x <= 0) or np.any(y <= 0):
+            raise ValueError("paired ratios need positive values")
+        point.append(np.log(np.median(x) / np.median(y)))
+        boot_x = np.median(x[rng.integers(0, x.size, (n_boot, x.size))], axis=1)
+        boot_y = np.median(y[rng.integers(0, y.size, (n_boot, y.size))], axis=1)
+        logs.append(np.log(boot_x / boot_y))
+    logs_by_round = np.array(logs)  # (rounds, n_boot)
+    rounds = rng.integers(0, len(pairs), (n_boot, len(pairs)))
+    draws = logs_by_round[rounds, np.arange(n_boot)[:, None]].mean(axis=1)
+    tail = 100.0 * (1.0 - confidence) / 2.0
+    low, high = np.exp(np.percentile(draws, [tail, 100.0 - tail]))
+    return stats.Ratio(float(np.exp(np.mean(point))), float(low), float(high))
 
 
 def _best(engines: dict[str, dict[str, Any]], candidates: Sequence[str], metric: str) -> str | None:
@@ -209,15 +257,16 @@ def evaluate(engines: dict[str, dict[str, Any]], seed: int = 0) -> list[dict[str
                                "denominator": den_engine, "metrics": [num_metric, den_metric]}
         a = engines.get(num_engine, {}).get("values", {}).get(num_metric)
         b = engines.get(den_engine, {}).get("values", {}).get(den_metric)
-        if not a or not b:
+        pairs = paired_samples(engines, (num_engine, num_metric), (den_engine, den_metric)) if a and b else []
+        if not pairs:
             missing = [e for e, v in ((num_engine, a), (den_engine, b)) if not v]
             why = "; ".join(f"{e}: {engines[e]['reason']}" if e in engines and engines[e]["reason"] else
-                            f"{e or 'no engine'}: not measured" for e in missing)
+                            f"{e or 'no engine'}: not measured" for e in missing) or "no round measured both"
             results.append({**row, "ratio": None, "low": None, "high": None, "per_round": [],
                             "verdict": "not measured", "reason": why})
             continue
-        r = stats.ratio_of_medians(a, b, seed=seed)
-        rounds = per_round(engines, (num_engine, num_metric), (den_engine, den_metric))
+        r = paired_ratio(pairs, seed=seed)
+        rounds = [stats.median(x) / stats.median(y) for x, y in pairs]
         results.append({**row, "ratio": r.ratio, "low": r.low, "high": r.high, "per_round": rounds,
                         "reason": None, "verdict": verdict(r, bar.target)})
     return results

@@ -13,10 +13,11 @@ import keras
 import numpy as np
 from keras import ops
 
+from llmdual.generate import StepDecoder, padded_positions
 from llmdual.inputs import check_inputs
 
 
-class Decoder:
+class Decoder(StepDecoder):
     """Prefill and step a causal LM with its KV cache (``use_cache``) or by recomputing the whole prefix."""
 
     def __init__(self, model: keras.Model, use_cache: bool = True):
@@ -26,20 +27,10 @@ class Decoder:
         self.max_seq_len = model.config.max_seq_len
         self._forward = compiled(model.forward_cached)
 
-    def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[np.ndarray, object]:
-        """Run the prompts; return the last position's logits [B, V] and the state for ``step``."""
-        return self._run(input_ids, attention_mask, None)
-
-    def step(self, next_ids: np.ndarray, attention_mask: np.ndarray, state: object) -> tuple[np.ndarray, object]:
-        """Feed one new token per row ([B, 1]); ``attention_mask`` covers every token so far, new one included."""
-        if self.use_cache:
-            return self._run(next_ids, attention_mask, state)
-        return self._run(np.concatenate([state, next_ids], axis=1), attention_mask, None)
-
     def _run(self, ids: np.ndarray, mask: np.ndarray, past: list | None) -> tuple[np.ndarray, object]:
         """One ``forward_cached`` call: mask and positions only when some row is padded."""
-        padded = not mask.all()
-        positions = np.maximum(mask.cumsum(axis=1) - 1, 0)[:, -ids.shape[1]:] if padded else None
+        positions = padded_positions(mask, ids.shape[1])
+        padded = positions is not None
         check_inputs(ids, self.model.config, 0 if past is None else int(ops.shape(past[0][0])[2]), not padded)
         logits, present = self._forward(
             self._tensor(ids), past, self._tensor(mask) if padded else None, self._tensor(positions)

@@ -11,10 +11,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from llmdual.generate import StepDecoder, padded_positions
 from llmdual.torch_backend.model import KVCache
 
 
-class Decoder:
+class Decoder(StepDecoder):
     """Prefill and step a causal LM with its KV cache (``use_cache``) or by recomputing the whole prefix."""
 
     def __init__(self, model: nn.Module, use_cache: bool = True):
@@ -24,20 +25,10 @@ class Decoder:
         self.max_seq_len = model.config.max_seq_len
         self.device = next(model.parameters()).device
 
-    def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[np.ndarray, object]:
-        """Run the prompts; return the last position's logits [B, V] and the state for ``step``."""
-        return self._run(input_ids, attention_mask, None)
-
-    def step(self, next_ids: np.ndarray, attention_mask: np.ndarray, state: object) -> tuple[np.ndarray, object]:
-        """Feed one new token per row ([B, 1]); ``attention_mask`` covers every token so far, new one included."""
-        if self.use_cache:
-            return self._run(next_ids, attention_mask, state)
-        return self._run(np.concatenate([state, next_ids], axis=1), attention_mask, None)
-
     def _run(self, ids: np.ndarray, mask: np.ndarray, past: KVCache | None) -> tuple[np.ndarray, object]:
         """One ``forward_cached`` call: mask and positions only when some row is padded."""
-        padded = not mask.all()
-        positions = np.maximum(mask.cumsum(axis=1) - 1, 0)[:, -ids.shape[1]:] if padded else None
+        positions = padded_positions(mask, ids.shape[1])
+        padded = positions is not None
         was_training = self.model.training
         self.model.eval()
         try:

@@ -15,8 +15,8 @@ from llmdual.bench.workloads import Engine
 # (engine, workload) pairs that have no meaning, with the reason shown in the report as a skipped row.
 NOT_APPLICABLE: dict[tuple[str, str], str] = {
     ("torch-compile", "generate"): "llmdual's decoder runs its cached steps eagerly (see torch-eager)",
-    ("keras-tensorflow-xla", "generate"): "llmdual's Keras decoder runs its cached steps as one tf.function "
-                                          "graph without XLA, whose shapes change every step (see keras-tensorflow)",
+    ("keras-tensorflow-xla", "generate"): "llmdual's Keras decoder is a tf.function without XLA "
+                                          "(see keras-tensorflow)",
     ("ort-torch-export", "train"): "onnxruntime runs exported inference graphs only",
     ("ort-keras-export", "train"): "onnxruntime runs exported inference graphs only",
 }

@@ -25,7 +25,7 @@ class Decoder(StepDecoder):
             raise ValueError(f"generation needs a task 'lm' model, got task {model.task!r}")
         self.model, self.use_cache = model, use_cache
         self.max_seq_len = model.config.max_seq_len
-        self._forward = compiled(model.forward_cached)
+        self._forward = compiled(model)
 
     def _run(self, ids: np.ndarray, mask: np.ndarray, past: list | None) -> tuple[np.ndarray, object]:
         """One ``forward_cached`` call: mask and positions only when some row is padded."""
@@ -42,12 +42,16 @@ class Decoder(StepDecoder):
         return None if array is None else ops.convert_to_tensor(np.asarray(array, dtype=np.int64))
 
 
-def compiled(forward_cached):
-    """``forward_cached`` as a TensorFlow graph function on the TensorFlow backend (shapes relaxed after a
-    second trace, so growing caches reuse one graph); unchanged on other backends. Inputs are checked eagerly
-    by the caller, since a graph cannot look at their values."""
+def compiled(model: keras.Model):
+    """The model's ``forward_cached`` as a TensorFlow graph function on the TensorFlow backend, made once per
+    model and kept on it so every ``generate`` call reuses its traces (shapes relaxed after a second trace, so
+    growing caches share one graph); the plain method on other backends. Inputs are checked eagerly by the
+    caller, since a graph cannot look at their values."""
     if keras.backend.backend() != "tensorflow":
-        return forward_cached
-    import tensorflow as tf
+        return model.forward_cached
+    graph = getattr(model, "_decode_graph", None)
+    if graph is None:
+        import tensorflow as tf
 
-    return tf.function(forward_cached, reduce_retracing=True)
+        graph = model._decode_graph = tf.function(model.forward_cached, reduce_retracing=True)
+    return graph

@@ -208,7 +208,8 @@ class Trainer(keras.Model):
         trainable = list(trainable)
         for i, value in zip(order, new_params):
             trainable[i] = value
-        norm = optimizer_values[[id(v) for v in self.optimizer.variables].index(id(self.optimizer.grad_norm))]
+        inner = getattr(self.optimizer, "inner_optimizer", self.optimizer)  # fp16 wraps AdamW in loss scaling
+        norm = optimizer_values[[id(v) for v in self.optimizer.variables].index(id(inner.grad_norm))]
         return {"loss": total, "grad_norm": norm}, (trainable, non_trainable, optimizer_values, metrics_values)
 
     def step(self, batch: Batch) -> tuple[float, float]:

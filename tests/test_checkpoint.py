@@ -59,3 +59,15 @@ def test_failed_write_leaves_nothing(tiny, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(FileNotFoundError, match="folder .* does not exist"):
         llmdual.save(llmdual.build(tiny, "torch"), tmp_path / "no" / "m.safetensors")
+
+
+def test_written_files_get_the_usual_permissions(tiny, tmp_path):
+    """The temporary name is private (mkstemp); the renamed file gets the mode ``open`` would give it."""
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        path = llmdual.save(llmdual.build(tiny, "torch"), tmp_path / "m.safetensors")
+    finally:
+        os.umask(mask)
+    assert os.stat(path).st_mode & 0o777 == 0o644

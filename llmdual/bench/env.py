@@ -36,6 +36,18 @@ def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]
     return versions
 
 
+def peak_rss_mb(pid: int | str = "self") -> float | None:
+    """A process's resident high-water mark (``VmHWM`` of ``/proc/<pid>/status``) in MB, or None without
+    ``/proc``. Not ``ru_maxrss``, which on Linux inherits the parent's peak across fork and exec."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def cpu_model(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
     """CPU model name from ``/proc/cpuinfo`` (Linux), else whatever :mod:`platform` knows."""
     try:

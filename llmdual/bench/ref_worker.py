@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from llmdual.bench.env import peak_rss_mb
 from llmdual.bench.ref_engines import ENGINES
 
 
@@ -51,17 +52,6 @@ def time_calls(fn: Callable[[], Any], warmup: int, repeats: int, budget_s: float
         fn()
         times.append(time.perf_counter() - started)
     return times, warmup_s
-
-
-def peak_rss_mb() -> float | None:
-    """This process's resident high-water mark (``VmHWM``) in MB, or None without ``/proc``."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except (OSError, ValueError):
-        pass
-    return None
 
 
 def run(engine_name: str, settings: dict[str, Any]) -> dict[str, Any]:

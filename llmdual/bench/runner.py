@@ -64,6 +64,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from llmdual.bench.env import peak_rss_mb
 from llmdual.bench.results import ENGINES, EXTRAS, WORKER_STATUSES, WORKLOADS, append_jsonl
 
 CommandBuilder = Callable[[str, str], list[str]]
@@ -194,17 +195,6 @@ def _spawn(argv: list[str], env: dict[str, str], stderr: Any, threads: int | Non
             os.sched_setaffinity(0, cpus)
 
 
-def _peak_rss_mb(pid: int) -> float | None:
-    """The process's own resident high-water mark (``VmHWM``), or ``None`` without ``/proc``."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
 def _finished(path: Path) -> bool:
     """Whether a result file is complete: present and valid JSON (no strict prefix of a JSON object is)."""
     try:
@@ -225,7 +215,7 @@ def _wait(pid: int, timeout_s: float, results: Sequence[Path] = (),
     deadline, delay, timed_out, peak, seen = time.monotonic() + timeout_s, 0.005, False, None, 0
     try:
         while os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
-            peak = _peak_rss_mb(pid) or peak
+            peak = peak_rss_mb(pid) or peak
             while seen < len(results) and _finished(results[seen]):
                 on_result(seen)
                 seen += 1
@@ -290,7 +280,7 @@ def _run_process(specs: Sequence[CaseSpec], round_index: int, timeout_s: float, 
         def on_result(index: int) -> None:  # every case but the last is final once its result appears
             marks.append(time.monotonic())
             if index < len(specs) - 1:
-                record = _record(specs[index], round_index, marks[-1] - marks[-2], None, _peak_rss_mb(proc.pid),
+                record = _record(specs[index], round_index, marks[-1] - marks[-2], None, peak_rss_mb(proc.pid),
                                  _tail(stderr_path))
                 emit(_from_file(record, results[index]))
 

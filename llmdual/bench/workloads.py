@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from llmdual.bench import expected
+from llmdual.bench.env import peak_rss_mb
 from llmdual.bench.expected import CHECK_STEPS, Inputs
 from llmdual.training import Batch, TrainConfig
 
@@ -141,17 +142,6 @@ def reset_peak_rss() -> None:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
         pass
-
-
-def peak_rss_mb() -> float | None:
-    """This process's resident high-water mark (``VmHWM``) in MB, or None without ``/proc``."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
 
 
 def _refused(outcome: Outcome, diff: float, reason: str | None, scalar: str = "max_abs_diff") -> bool:

@@ -3,7 +3,7 @@
     python examples/export_onnx.py --preset small --task both
 
 Both backends build the model from the same seed (identical canonical weights). Each export is verified against
-its native model by ``llmdual.onnx_export.export_onnx``; this script then compares the two files under
+its native model by ``llmdual.onnx.export.export_onnx``; this script then compares the two files under
 onnxruntime, decodes greedily through native torch, native Keras, both files and both KV-cache files, quantizes
 to int8 (quality on held-out batches of the standard-library corpus), and times onnxruntime against the native
 models (tokens/s, median of the repeats). The weights are the untrained initialization, so perplexity and
@@ -19,10 +19,13 @@ from pathlib import Path
 import numpy as np
 
 import llmdual
-from llmdual.data import ClassificationDataset, LMDataset, default_corpus_files, stdlib_classification, token_stream
+from llmdual.corpus import default_corpus_files, stdlib_classification
+from llmdual.data import ClassificationDataset, LMDataset, token_stream
 from llmdual.generate import generate
-from llmdual.onnx_export import export_onnx, quantize, quantize_table, summary_table, table
-from llmdual.onnx_runtime import logits, open_session, throughput
+from llmdual.onnx.export import export_onnx, summary_table
+from llmdual.onnx.quantize import quantize, quantize_table
+from llmdual.report import table
+from llmdual.onnx.runtime import logits, open_session, throughput
 from llmdual.tokenizer import MIN_VOCAB, Tokenizer
 
 BACKENDS = ("torch", "keras")

@@ -1,13 +1,13 @@
 """llmdual: the same GPT-2-style transformer in PyTorch and Keras 3, with shared weights and proven parity."""
 
-from llmdual.api import build, forward, get_weights, set_weights
-from llmdual.backend import backend_of
-from llmdual.checkpoint import load, save
+from llmdual.api import build, forward, get_weights, load, save, set_weights
 from llmdual.config import Config
+from llmdual.contract import backend_name, backend_of
 from llmdual.evaluate import evaluate
 from llmdual.generate import generate
+from llmdual.recipe import TrainConfig
 from llmdual.tokenizer import Tokenizer
-from llmdual.training import TrainConfig, train
+from llmdual.training import train
 from llmdual.weights import from_hf_gpt2, init_weights
 
 __version__ = "0.1.0"
@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 def __getattr__(name: str):
     """``export_onnx`` is imported on first use: ONNX support is an optional extra (``llmdual[onnx]``)."""
     if name == "export_onnx":
-        from llmdual.onnx_export import export_onnx
+        from llmdual.onnx import export_onnx
 
         return export_onnx
     raise AttributeError(f"module 'llmdual' has no attribute {name!r}")
@@ -26,6 +26,7 @@ __all__ = [
     "Config",
     "Tokenizer",
     "TrainConfig",
+    "backend_name",
     "backend_of",
     "build",
     "evaluate",

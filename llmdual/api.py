@@ -1,14 +1,18 @@
-"""The public, backend-neutral API: build a model, move canonical weights in and out, run it on numpy."""
+"""The public, backend-neutral API: build a model, move canonical weights in and out, run it on numpy, and save
+or load it as a model file. Every call dispatches through the backend registry (``llmdual.contract``)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from llmdual.backend import backend_of, load_backend
+from llmdual import contract
 from llmdual.config import Config
+from llmdual.contract import backend_of
+from llmdual.io import read_model_file, write_model_file
 from llmdual.weights import check_task, init_weights
 
 
@@ -20,26 +24,43 @@ def build(
     weights: Mapping[str, np.ndarray] | None = None,
 ) -> Any:
     """The native model (``torch.nn.Module`` or ``keras.Model``) holding ``weights``, by default the shared
-    numpy initializer's for ``seed``."""
+    numpy initializer's for ``seed``; ``ValueError`` if it cannot fit in this machine's RAM (``Config.check_memory``)."""
     if not isinstance(config, Config):
         raise TypeError(f"config must be an llmdual.Config, got {type(config).__name__}")
     check_task(task)
-    module = load_backend(backend)
-    model = module.build(config, task)
+    config.check_memory(task)  # before any allocation: a model that cannot fit fails here, not in the allocator
+    model = contract.backend(backend).build(config, task)
     set_weights(model, init_weights(config, task, seed) if weights is None else weights)
     return model
 
 
 def get_weights(model: Any) -> dict[str, np.ndarray]:
     """Every weight as float32 numpy, by canonical name and layout."""
-    return load_backend(backend_of(model))._weights.get_weights(model)
+    return backend_of(model).get_weights(model)
 
 
 def set_weights(model: Any, weights: Mapping[str, np.ndarray]) -> None:
     """Load canonical weights; ``ValueError`` listing missing, unexpected or mis-shaped entries."""
-    load_backend(backend_of(model))._weights.set_weights(model, weights)
+    backend_of(model).set_weights(model, weights)
 
 
 def forward(model: Any, input_ids: np.ndarray, attention_mask: np.ndarray | None = None) -> np.ndarray:
     """Numpy ids (B, T) in, numpy float32 logits out (LM: (B, T, vocab); classifier: (B, num_classes))."""
-    return load_backend(backend_of(model)).forward(model, input_ids, attention_mask)
+    return backend_of(model).forward(model, input_ids, attention_mask)
+
+
+def save(model: Any, path: str | Path) -> Path:
+    """Write the model's config, task and canonical fp32 weights to ``path`` as a model file (atomic)."""
+    backend_of(model)  # fail early on a foreign object
+    return write_model_file(path, model.config, model.task, get_weights(model))
+
+
+def read_model(path: str | Path) -> tuple[Config, str, dict[str, np.ndarray]]:
+    """Config, task and canonical weights of a model file, without building a model."""
+    return read_model_file(path)
+
+
+def load(path: str | Path, backend: str = "torch") -> Any:
+    """Restore a model file into either backend, bit-identical in fp32."""
+    config, task, weights = read_model_file(path)
+    return build(config, backend, task, weights=weights)

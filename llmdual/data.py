@@ -10,23 +10,20 @@ import csv
 import hashlib
 import json
 import os
-import sysconfig
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from llmdual.files import atomic_write
+from llmdual.io import atomic_write
 from llmdual.tokenizer import Tokenizer, expand_sources, read_text
 
 SPLITS = ("train", "val")
-TEST_DIRS = frozenset({"test", "tests", "idle_test"})
-STDLIB_PACKAGES = ("asyncio", "email", "multiprocessing", "xml")
 CACHE_FORMAT = "llmdual-tokens/1"
 
 
-def _check_int(name: str, value: object, minimum: int) -> int:
+def check_int(name: str, value: object, minimum: int) -> int:
     """``value`` if it is an int >= ``minimum``, else a ``ValueError`` naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
@@ -47,34 +44,10 @@ def _split_id(split: str) -> int:
     return SPLITS.index(split)
 
 
-def stdlib_dir() -> Path:
-    """The running Python's standard-library source folder."""
-    return Path(sysconfig.get_paths()["stdlib"])
 
 
-def _stdlib_sources(root: Path) -> list[Path]:
-    """``.py`` files under ``root``, sorted by relative path, outside ``site-packages`` and test folders."""
-    skip = TEST_DIRS | {"site-packages", "dist-packages", "__pycache__"}
-    found = []
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = [d for d in dirs if d not in skip]
-        found += [Path(folder) / name for name in files if name.endswith(".py")]
-    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
 
-def default_corpus_files(limit: int | None = None) -> list[Path]:
-    """The standard library's own ``.py`` sources (first ``limit`` in sorted order): a corpus every Python has.
-
-    Test folders (``test``, ``tests``, ``idle_test``) are skipped: they hold deliberately odd or generated files
-    and some distributions strip them, which would make the corpus differ between machines.
-    """
-    if limit is not None:
-        _check_int("limit", limit, 1)
-    files = _stdlib_sources(stdlib_dir())
-    if not files:
-        raise FileNotFoundError(f"no .py files under {stdlib_dir()}: this Python ships without standard-library "
-                                "sources; pass your own corpus")
-    return files[:limit]
 
 
 def default_cache_dir() -> Path:
@@ -147,9 +120,9 @@ class _Batches(ABC):
         self, split: str, batch_size: int, steps: int | None = None, start: int = 0
     ) -> Iterator[tuple[np.ndarray, ...]]:
         """``get_batch`` for steps ``start, start + 1, ...``: ``steps`` of them, or endlessly if ``None``."""
-        _check_int("start", start, 0)
+        check_int("start", start, 0)
         if steps is not None:
-            _check_int("steps", steps, 0)
+            check_int("steps", steps, 0)
         step = start
         while steps is None or step < start + steps:
             yield self.get_batch(split, batch_size, step)
@@ -175,8 +148,8 @@ class LMDataset(_Batches):
         tokens = np.asarray(tokens)
         if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
             raise ValueError(f"tokens must be a 1-D integer array, got shape {tokens.shape} dtype {tokens.dtype}")
-        self.block_size = _check_int("block_size", block_size, 1)
-        self.seed = _check_int("seed", seed, 0)
+        self.block_size = check_int("block_size", block_size, 1)
+        self.seed = check_int("seed", seed, 0)
         _check_fraction("val_fraction", val_fraction)
         n_val = int(round(len(tokens) * val_fraction))
         self.train, self.val = tokens[: len(tokens) - n_val], tokens[len(tokens) - n_val :]
@@ -185,14 +158,14 @@ class LMDataset(_Batches):
                 raise ValueError(f"{name} split has {len(part)} tokens; block_size {block_size} needs at least "
                                  f"{block_size + 1} (use more text, a smaller block_size or another val_fraction)")
         observed = int(tokens.max()) + 1
-        self.vocab_size = observed if vocab_size is None else _check_int("vocab_size", vocab_size, observed)
+        self.vocab_size = observed if vocab_size is None else check_int("vocab_size", vocab_size, observed)
 
     def get_batch(self, split: str, batch_size: int, step: int) -> tuple[np.ndarray, np.ndarray]:
         """``(x, y)`` int64 ``[batch_size, block_size]`` for ``step``; the same arguments give the same arrays."""
         split_id = _split_id(split)
         part = (self.train, self.val)[split_id]
-        rng = np.random.default_rng([self.seed, split_id, _check_int("step", step, 0)])
-        starts = rng.integers(0, len(part) - self.block_size, size=_check_int("batch_size", batch_size, 1))
+        rng = np.random.default_rng([self.seed, split_id, check_int("step", step, 0)])
+        starts = rng.integers(0, len(part) - self.block_size, size=check_int("batch_size", batch_size, 1))
         window = np.asarray(part[starts[:, None] + np.arange(self.block_size + 1)], dtype=np.int64)
         return window[:, :-1], window[:, 1:]
 
@@ -299,8 +272,8 @@ class ClassificationDataset(_Batches):
             raise TypeError(f"tokenizer must be an llmdual Tokenizer, got {type(tokenizer).__name__}")
         if len(texts) != len(labels):
             raise ValueError(f"texts and labels differ in length: {len(texts)} vs {len(labels)}")
-        _check_int("max_len", max_len, 1)
-        self.seed = _check_int("seed", seed, 0)
+        check_int("max_len", max_len, 1)
+        self.seed = check_int("seed", seed, 0)
         _check_fraction("val_fraction", val_fraction)
         label_arr = np.asarray(labels)
         if label_arr.size and (label_arr.dtype == np.bool_ or not np.issubdtype(label_arr.dtype, np.integer)):
@@ -339,7 +312,7 @@ class ClassificationDataset(_Batches):
         straddle two epochs); the same arguments give the same arrays."""
         ids, mask, labels = self._splits[_split_id(split)]
         n = len(labels)
-        first = _check_int("step", step, 0) * _check_int("batch_size", batch_size, 1)
+        first = check_int("step", step, 0) * check_int("batch_size", batch_size, 1)
         positions = np.arange(first, first + batch_size)
         rows = np.empty(batch_size, dtype=np.int64)
         for epoch in np.unique(positions // n):
@@ -351,7 +324,7 @@ class ClassificationDataset(_Batches):
     def eval_batches(self, split: str, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Every example of ``split`` once, in a fixed order; the last batch may be smaller."""
         ids, mask, labels = self._splits[_split_id(split)]
-        _check_int("batch_size", batch_size, 1)
+        check_int("batch_size", batch_size, 1)
         for i in range(0, len(labels), batch_size):
             yield ids[i : i + batch_size], mask[i : i + batch_size], labels[i : i + batch_size]
 
@@ -362,45 +335,3 @@ class ClassificationDataset(_Batches):
         return float(np.mean(self._splits[_split_id(split)][2] == majority))
 
 
-def stdlib_classification(
-    n_per_class: int = 500,
-    snippet_lines: int = 8,
-    packages: Sequence[str] = STDLIB_PACKAGES,
-    seed: int = 0,
-) -> tuple[list[str], list[int], list[str]]:
-    """A built-in task: which stdlib package a code snippet comes from. Returns ``(texts, labels, label_names)``.
-
-    Each package's sources (tests excluded) are cut into non-overlapping ``snippet_lines``-line chunks, so no
-    text is shared between examples; chunks that are mostly blank or spell out the package name (which would
-    give the label away) are dropped. ``n_per_class`` chunks per package are drawn with a seeded Generator, so
-    classes are balanced (majority baseline ``1 / len(packages)``); the examples come shuffled.
-    """
-    _check_int("n_per_class", n_per_class, 1)
-    _check_int("snippet_lines", snippet_lines, 1)
-    _check_int("seed", seed, 0)
-    if isinstance(packages, str) or len(packages) < 2 or len(set(packages)) != len(packages):
-        raise ValueError(f"packages must be a sequence of at least 2 distinct names, got {packages!r}")
-    root = stdlib_dir()
-    rng = np.random.default_rng(seed)
-    texts: list[str] = []
-    labels: list[int] = []
-    for label, package in enumerate(packages):
-        files = _stdlib_sources(root / package) if (root / package).is_dir() else []
-        if not files:
-            available = sorted(p.name for p in root.iterdir() if p.is_dir() and (p / "__init__.py").is_file())
-            raise ValueError(f"no stdlib package {package!r} with sources in {root}; available: {available}")
-        chunks = []
-        for path in files:
-            lines = read_text(path).splitlines()
-            for i in range(0, len(lines) - snippet_lines + 1, snippet_lines):
-                chunk = lines[i : i + snippet_lines]
-                text = "\n".join(chunk)
-                if sum(bool(line.strip()) for line in chunk) * 2 >= snippet_lines and package not in text:
-                    chunks.append(text)
-        if len(chunks) < n_per_class:
-            raise ValueError(f"package {package!r} has only {len(chunks)} usable {snippet_lines}-line snippets; "
-                             f"ask for n_per_class <= {len(chunks)}")
-        texts += [chunks[i] for i in rng.choice(len(chunks), size=n_per_class, replace=False)]
-        labels += [label] * n_per_class
-    order = rng.permutation(len(texts))
-    return [texts[i] for i in order], [labels[i] for i in order], list(packages)

@@ -15,12 +15,10 @@ from typing import Any
 import numpy as np
 
 from llmdual.api import build
-from llmdual.backend import BACKENDS
 from llmdual.config import Config
-from llmdual.data import ClassificationDataset, LMDataset, default_corpus_files, stdlib_classification, token_stream
+from llmdual.contract import BACKENDS
 from llmdual.evaluate import evaluate
-from llmdual.files import atomic_write
-from llmdual.tokenizer import Tokenizer
+from llmdual.io import atomic_write
 from llmdual.training import History, TrainConfig, train
 
 
@@ -35,26 +33,8 @@ class Run:
     seconds: float
 
 
-def stdlib_lm_data(vocab_size: int, block_size: int, files: int | None = 300,
-                   seed: int = 0) -> tuple[Tokenizer, LMDataset]:
-    """A byte-level BPE trained on ``files`` standard-library sources drawn at random (seeded), and LM blocks
-    over them. Drawing, not taking the first in sorted order, makes the validation tail (the last files of the
-    stream) a sample like the rest rather than one package."""
-    every = default_corpus_files()
-    order = np.random.default_rng(seed).permutation(len(every))[:files]
-    sources = [every[i] for i in order]
-    tokenizer = Tokenizer.train(sources, vocab_size)
-    tokens = token_stream(tokenizer, sources)
-    return tokenizer, LMDataset(tokens, block_size, seed=seed, vocab_size=tokenizer.vocab_size)
 
 
-def stdlib_classification_data(vocab_size: int, max_len: int, n_per_class: int = 500,
-                               seed: int = 0) -> tuple[Tokenizer, ClassificationDataset]:
-    """The built-in classification task (which stdlib package a snippet comes from) and its tokenizer, trained
-    on the training snippets only."""
-    texts, labels, names = stdlib_classification(n_per_class, seed=seed)
-    tokenizer = Tokenizer.train(texts, vocab_size)
-    return tokenizer, ClassificationDataset(texts, labels, tokenizer, max_len, seed=seed, label_names=names)
 
 
 def train_side_by_side(config: Config, task: str, data: Any, train_config: TrainConfig,

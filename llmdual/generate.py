@@ -7,71 +7,14 @@ sampling give the same tokens whichever backend, or any other engine implementin
 
 from __future__ import annotations
 
-import importlib
-from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 
-from llmdual.backend import backend_of, load_backend
+from llmdual.contract import backend_of
+from llmdual.decoding import Decoder
 from llmdual.sampling import sample_next
-
-# backend name -> module defining ``Decoder(model, use_cache)``; ``decoder_for`` dispatches on ``backend_of``.
-DECODERS = {
-    "torch": "llmdual.torch_backend.decode",
-    "keras": "llmdual.keras_backend.decode",
-}
-
-
-@runtime_checkable
-class Decoder(Protocol):
-    """What ``generate`` needs from an engine. Arrays are numpy: ids and masks int64, logits float32.
-
-    ``attention_mask`` always covers every token so far (prompt padding 0, everything else 1); the state is
-    opaque to ``generate`` (a KV cache, or the ids so far for an engine that recomputes).
-    """
-
-    max_seq_len: int
-
-    def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[np.ndarray, object]:
-        """Left-padded prompts [B, T] -> logits of the last position [B, V] and the state."""
-        ...
-
-    def step(self, next_ids: np.ndarray, attention_mask: np.ndarray, state: object) -> tuple[np.ndarray, object]:
-        """One new token per row [B, 1] and the mask [B, T_so_far] -> logits [B, V] and the new state."""
-        ...
-
-
-class StepDecoder(ABC):
-    """A ``Decoder`` built on one method, ``_run(ids, mask, past)`` -> (last logits [B, V], state): prefill runs
-    the prompts with no past; each step feeds the new token with the cache (``use_cache``), or re-runs the
-    whole prefix, whose ids are then the state."""
-
-    use_cache: bool
-    max_seq_len: int
-
-    def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[np.ndarray, object]:
-        """Run the prompts; return the last position's logits [B, V] and the state for ``step``."""
-        return self._run(input_ids, attention_mask, None)
-
-    def step(self, next_ids: np.ndarray, attention_mask: np.ndarray, state: object) -> tuple[np.ndarray, object]:
-        """Feed one new token per row ([B, 1]); ``attention_mask`` covers every token so far, new one included."""
-        if self.use_cache:
-            return self._run(next_ids, attention_mask, state)
-        return self._run(np.concatenate([state, next_ids], axis=1), attention_mask, None)
-
-    @abstractmethod
-    def _run(self, ids: np.ndarray, mask: np.ndarray, past: Any) -> tuple[np.ndarray, object]:
-        """Logits of the last position [B, V] float32, and the cache after ``ids`` (with ``use_cache``) or ``ids``."""
-
-
-def padded_positions(mask: np.ndarray, width: int) -> np.ndarray | None:
-    """Position ids ``cumsum(mask) - 1`` of the last ``width`` tokens when some row is left-padded; None when
-    no row is (positions then follow the cache length, and the kernels take their unmasked fast path)."""
-    if mask.all():
-        return None
-    return np.maximum(mask.cumsum(axis=1) - 1, 0)[:, -width:]
 
 
 def decoder_for(target: Any, use_cache: bool = True) -> Decoder:
@@ -80,12 +23,9 @@ def decoder_for(target: Any, use_cache: bool = True) -> Decoder:
     if isinstance(target, Decoder):
         return target
     if type(target).__module__.startswith("onnxruntime."):
-        from llmdual.onnx_runtime import OnnxDecoder
-
-        return OnnxDecoder(target, use_cache)
-    backend = backend_of(target)
-    load_backend(backend)
-    return importlib.import_module(DECODERS[backend]).Decoder(target, use_cache)
+        raise TypeError("an onnxruntime session decodes through llmdual.onnx.OnnxDecoder(session): "
+                        "pass llmdual.generate(OnnxDecoder(session), ...)")
+    return backend_of(target).decoder(target, use_cache)
 
 
 def _prompt_rows(prompt: Any, tokenizer: Any) -> tuple[list[list[int]], bool, bool]:
@@ -100,12 +40,26 @@ def _prompt_rows(prompt: Any, tokenizer: Any) -> tuple[list[list[int]], bool, bo
             raise ValueError(f"an id prompt must be a 1-D or 2-D integer array, got shape {prompt.shape} "
                              f"dtype {prompt.dtype}")
         return ([prompt.tolist()] if prompt.ndim == 1 else prompt.tolist()), prompt.ndim == 1, False
-    if isinstance(prompt, Sequence) and prompt and all(isinstance(p, (int, np.integer)) for p in prompt):
-        return [list(prompt)], True, False
+    if isinstance(prompt, Sequence) and prompt and all(_is_id(p) for p in prompt):
+        return [_id_row(prompt, 0)], True, False
     if isinstance(prompt, Sequence) and prompt and all(isinstance(p, (Sequence, np.ndarray)) for p in prompt):
-        return [list(p) for p in prompt], False, False
+        return [_id_row(p, i) for i, p in enumerate(prompt)], False, False
     raise ValueError(f"prompt must be a str, a list of str (with a tokenizer), token ids (a list of ints or a 1-D "
                      f"array) or a batch of them (list of lists or a 2-D array), got {type(prompt).__name__}")
+
+
+def _is_id(value: Any) -> bool:
+    """True for a Python or numpy integer (bools are not token ids)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _id_row(row: Any, index: int) -> list[int]:
+    """One prompt row as a list of ints; ``ValueError`` for anything but integer token ids (no truncation)."""
+    if isinstance(row, str) or not all(_is_id(v) for v in np.asarray(row, dtype=object).ravel()):
+        raise ValueError(f"prompt row {index} must hold integer token ids, got {row!r:.80}")
+    if np.ndim(row) != 1:
+        raise ValueError(f"prompt row {index} must be a 1-D sequence of token ids, got shape {np.shape(row)}")
+    return [int(v) for v in row]
 
 
 def left_pad(rows: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:

@@ -10,13 +10,15 @@ import numpy as np
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from llmdual.files import atomic_write
+from llmdual.io import atomic_write
 
 EOT = "<|endoftext|>"
 PAD = "<|pad|>"
 FILENAME = "tokenizer.json"
 TEXT_EXTENSIONS = (".py", ".txt", ".md", ".rst")
 MIN_VOCAB = 256 + 2  # every byte plus the two special tokens
+# Text every usable tokenizer must give back unchanged: ASCII code, whitespace runs, accents, CJK and an emoji.
+ROUND_TRIP_PROBE = "def f(x):\n\treturn x  # Héllo, wörld! 日本語 🎉\r\n"
 
 
 def read_text(path: Path) -> str:
@@ -68,6 +70,7 @@ class Tokenizer:
         if eot is None:
             raise ValueError(f"tokenizer has no {EOT!r} token; an end-of-text token is required")
         pad = hf.token_to_id(PAD)
+        _check_lossless(hf)
         self._hf = hf
         self._eot = eot
         self._pad = eot if pad is None else pad
@@ -112,7 +115,10 @@ class Tokenizer:
             hf = tokenizers.Tokenizer.from_file(str(path))
         except Exception as err:  # the Rust side raises plain Exception for malformed JSON
             raise ValueError(f"{path} is not a valid tokenizer.json (corrupt or foreign format?): {err}") from err
-        return cls(hf)
+        try:
+            return cls(hf)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
 
     def save(self, path: str | Path) -> Path:
         """Write a standard ``tokenizer.json`` atomically to ``path`` (into it, if it is a folder)."""
@@ -194,3 +200,11 @@ class Tokenizer:
 
     def __repr__(self) -> str:
         return f"Tokenizer(vocab_size={self.vocab_size}, eot_id={self.eot_id}, pad_id={self.pad_id})"
+
+
+def _check_lossless(hf: tokenizers.Tokenizer) -> None:
+    """``ValueError`` unless ``ROUND_TRIP_PROBE`` encodes and decodes back to itself."""
+    got = hf.decode(hf.encode(ROUND_TRIP_PROBE, add_special_tokens=False).ids, skip_special_tokens=False)
+    if got != ROUND_TRIP_PROBE:
+        raise ValueError(f"tokenizer is not lossless: {ROUND_TRIP_PROBE!r} decodes back as {got!r}; a byte-level "
+                         f"BPE with a ByteLevel decoder is required (is the 'decoder' missing or null?)")

@@ -21,7 +21,7 @@ The naming rule is GPT-2's own (as in its published checkpoints, without a ``tra
 
 Layout rule: every projection matrix is stored ``[in, out]`` (GPT-2's Conv1D layout, so ``y = x @ W + b``);
 embeddings (and an untied ``lm_head``) are ``[rows, d_model]``. Each backend converts to and from this
-layout in exactly one place (its ``weights`` module). Everything is float32.
+layout in exactly one place (its ``weights`` module). Everything is float32, finite, checked by ``check_weights``.
 """
 
 from __future__ import annotations
@@ -102,28 +102,38 @@ def init_weights(config: Config, task: str = "lm", seed: int = 0) -> dict[str, n
 def check_weights(
     weights: Mapping[str, np.ndarray], config: Config, task: str = "lm"
 ) -> dict[str, np.ndarray]:
-    """Validate names and shapes against the canonical layout; return float32 arrays in canonical order.
+    """Validate names, shapes, dtypes and values against the canonical layout; return float32 arrays in order.
 
-    Raises ``ValueError`` listing every missing, unexpected and mis-shaped entry.
+    Raises ``ValueError`` listing every missing, unexpected, mis-shaped, non-float and non-finite entry.
     """
     expected = canonical_shapes(config, task)
-    missing = [n for n in expected if n not in weights]
-    unexpected = sorted(n for n in weights if n not in expected)
-    misshaped = [
-        f"{n}: got {tuple(np.shape(weights[n]))}, expected {shape}"
-        for n, shape in expected.items()
-        if n in weights and tuple(np.shape(weights[n])) != shape
+    arrays = {n: _to_numpy(v) for n, v in weights.items() if n in expected}
+    parts = [
+        ("missing", [n for n in expected if n not in weights]),
+        ("unexpected", sorted(n for n in weights if n not in expected)),
+        ("mis-shaped", [f"{n}: got {a.shape}, expected {expected[n]}" for n, a in arrays.items()
+                        if a.shape != expected[n]]),
+        ("not floating-point", [f"{n}: dtype {a.dtype}" for n, a in arrays.items() if not _is_float(a)]),
     ]
-    if missing or unexpected or misshaped:
-        parts = []
-        if missing:
-            parts.append(f"missing {missing}")
-        if unexpected:
-            parts.append(f"unexpected {unexpected}")
-        if misshaped:
-            parts.append(f"mis-shaped {misshaped}")
-        raise ValueError(f"weights do not match the {task} model of this config: " + "; ".join(parts))
-    return {n: np.asarray(weights[n], dtype=np.float32) for n in expected}
+    if not any(found for _, found in parts):
+        arrays = {n: np.asarray(arrays[n], dtype=np.float32) for n in expected}
+        parts.append(("not finite", [f"{n}: {_non_finite(a)}" for n, a in arrays.items()
+                                     if not np.isfinite(a).all()]))
+    problems = [f"{label} {found}" for label, found in parts if found]
+    if problems:
+        raise ValueError(f"weights do not match the {task} model of this config: " + "; ".join(problems)
+                         + "; allowed: finite floating-point arrays of exactly the canonical shapes")
+    return arrays
+
+
+def _is_float(array: np.ndarray) -> bool:
+    """True for real floating-point dtypes (float16/32/64, and extension floats such as bfloat16)."""
+    return np.issubdtype(array.dtype, np.floating) or (array.dtype.kind == "V" and "float" in array.dtype.name)
+
+
+def _non_finite(array: np.ndarray) -> str:
+    """How many NaN and inf values ``array`` holds, e.g. ``2 NaN, 1 inf``."""
+    return f"{int(np.isnan(array).sum())} NaN, {int(np.isinf(array).sum())} inf"
 
 
 def from_hf_gpt2(
@@ -177,5 +187,6 @@ def from_hf_gpt2(
 def _to_numpy(value: object) -> np.ndarray:
     """numpy view of an array-like (numpy array or CPU/GPU torch tensor) without importing torch."""
     if hasattr(value, "detach"):
-        value = value.detach().cpu().float().numpy()
+        value = value.detach().cpu()
+        value = (value.float() if value.is_floating_point() else value).numpy()
     return np.asarray(value)

@@ -9,7 +9,7 @@ import pytest
 from matplotlib.image import imread
 from rich.console import Console
 
-from llmdual.bench import report, results
+from llmdual.bench import charts, report, results
 from llmdual.config import Config
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -48,11 +48,27 @@ def test_a_built_document_validates_and_survives_a_file_round_trip(doc, tmp_path
     assert results.read_json(path) == json.loads(json.dumps(doc))
     assert [p.name for p in path.parent.iterdir()] == ["results.json"]  # no temporary file left behind
     assert doc["summary"]["counts"]["ok"] == 5 and doc["summary"]["counts"]["crashed"] == 1
+    assert doc["schema"] == "llmdual.bench/2"
+
+
+@pytest.mark.parametrize("change, named", [
+    ({"status": "exploded"}, "status"),
+    ({"status": "failed", "reason": None}, "must give a reason"),
+    ({"measurements": {"tokens_per_s": [1.0, float("nan")]}}, "measurements.tokens_per_s"),
+    ({"scalars": {"build_s": [1]}}, "scalars.build_s"),
+    ({"colour": "red"}, "unknown record fields"),
+    ({"engine": 3}, "engine and workload"),
+])
+def test_a_record_is_checked_field_by_field(change, named):
+    good = run("torch-eager", "train", [1.0, 2.0])
+    assert results.Record.from_dict(good).to_dict() == good
+    with pytest.raises(ValueError, match=named):
+        results.Record.from_dict({**good, **change})
 
 
 @pytest.mark.parametrize("break_it, named", [
     (lambda d: d.pop("cases"), "'cases'"),
-    (lambda d: d.update(schema="llmdual.bench/0"), "schema"),
+    (lambda d: d.update(schema="llmdual.bench/1"), "schema"),
     (lambda d: d.update(env=[]), "env"),
     (lambda d: d["cases"][0].update(status="exploded"), "cases[0].status"),
     (lambda d: d["cases"][1].pop("engine"), "'engine'"),
@@ -179,6 +195,11 @@ def test_tables_show_figures_ratios_and_reasons(doc):
     report.print_tables(doc, console)
     out = console.file.getvalue()
     assert "torch-eager" in out and "keras-tensorflow" in out and "tok/s" in out
+    lines = []
+    report.print_tables(doc, lines.append)  # without rich: aligned plain text
+    plain = "\n".join(lines)
+    assert plain.startswith("train\n") and "┃" not in plain
+    assert any(line.startswith("torch-eager ") and "fastest" in line for line in plain.splitlines())
 
 
 @pytest.mark.parametrize("value, unit, shown", [
@@ -196,20 +217,35 @@ def _check_png(path):
 
 
 def test_report_writes_markdown_and_valid_pngs(doc, tmp_path):
-    paths = report.write_report(doc, tmp_path / "report", "training")
-    names = sorted(p.name for p in paths)
-    assert names == ["report.md", "throughput_generate.png", "throughput_infer.png", "throughput_train.png"]
-    for path in paths[1:]:
+    pngs = charts.write_charts(doc, tmp_path / "report")
+    assert sorted(p.name for p in pngs) == ["throughput_generate.png", "throughput_infer.png", "throughput_train.png"]
+    for path in pngs:
         _check_png(path)
-    md = (tmp_path / "report" / "report.md").read_text()
+    md = report.write_report(doc, tmp_path / "report", "training", pngs).read_text()
     assert "![throughput_train](throughput_train.png)" in md
+
+
+def test_a_chart_without_matplotlib_names_the_extra(doc, tmp_path, monkeypatch):
+    monkeypatch.setattr(charts, "available", lambda: False)
+    with pytest.raises(ImportError, match=r"pip install 'llmdual\[report\]'"):
+        charts.write_charts(doc, tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_reference_engines_are_ranked_but_never_recommended(doc):
+    runs = [run("torch-eager", "train", sample(1000, 1)), run("hf-eager", "train", sample(3000, 2))]
+    mixed = results.build_document({}, {"seed": 0}, runs)
+    [group] = [g for g in mixed["summary"]["groups"] if g["metric"] == "tokens_per_s"]
+    assert [e["engine"] for e in group["entries"]] == ["hf-eager", "torch-eager"]
+    [line] = [line for line in report.recommendation(mixed, "training") if line.startswith("- **train**")]
+    assert "only PyTorch ran" in line and "HF" not in line
 
 
 def test_sweep_plot_is_written_when_batch_sizes_vary(tmp_path):
     runs = [run(engine, "infer", sample(rate * batch, batch), batch_size=batch)
             for engine, rate in (("torch-eager", 100), ("keras-jax", 90)) for batch in (1, 2, 4, 8)]
     doc = results.build_document({}, {}, runs)
-    paths = report.write_report(doc, tmp_path, "inference")
+    paths = charts.write_charts(doc, tmp_path)
     assert tmp_path / "sweep_infer_batch_size.png" in paths
     _check_png(tmp_path / "sweep_infer_batch_size.png")
     header, rows = report.workload_table(doc, "infer")

@@ -1,7 +1,6 @@
 """The benchmark runner against a fake worker script (every way a worker can end), plus environment capture."""
 
 import importlib.util
-import io
 import json
 import os
 import subprocess
@@ -11,10 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
-from rich.console import Console
 
 from llmdual.bench import env, runner
-from llmdual.bench.results import build_document, read_jsonl
+from llmdual.bench.results import Record, build_document, read_jsonl
 from llmdual.bench.runner import CaseSpec
 
 FAKE_WORKER = textwrap.dedent('''
@@ -33,7 +31,7 @@ FAKE_WORKER = textwrap.dedent('''
 
     def write(result):
         with open(args.result, "w") as handle:
-            json.dump(result, handle)
+            json.dump({"engine": case["engine"], "workload": case["workload"], **result}, handle)
 
     if mode == "ok":
         ballast = bytearray(int(case["settings"].get("ballast_mb", 0) * 2**20))
@@ -91,8 +89,11 @@ def fake(tmp_path):
     return lambda case_json, result: [sys.executable, str(script), "--case-json", case_json, "--result", result]
 
 
-def quiet() -> Console:
-    return Console(file=io.StringIO(), width=200)
+class Log(list):
+    """A ``log`` callable that keeps the lines."""
+
+    def __call__(self, line):
+        self.append(line)
 
 
 def _state(pid: int) -> str | None:
@@ -109,9 +110,10 @@ def test_every_outcome_is_recorded_and_the_run_goes_on(tmp_path, fake):
     modes = ["ok", "raise", "exit", "oom", "signal", "garbage", "silent", "no-reason", "mismatch", "failed"]
     specs = [CaseSpec(f"fake-{m}", "infer", {"mode": m}) for m in modes]
     jsonl = tmp_path / "runs.jsonl"
-    console = quiet()
-    records = runner.run_cases(specs, jsonl, timeout_s=30, command=fake, console=console)
-    by_mode = {r["settings"]["mode"]: r for r in records}
+    log = Log()
+    records = runner.run_cases(specs, jsonl, timeout_s=30, command=fake, log=log)
+    assert all(isinstance(r, Record) for r in records)
+    by_mode = {r.settings["mode"]: r.to_dict() for r in records}
     assert set(by_mode) == set(modes)
     expected = {"ok": "ok", "raise": "crashed", "exit": "crashed", "oom": "crashed", "signal": "crashed",
                 "garbage": "crashed", "silent": "crashed", "no-reason": "crashed", "mismatch": "mismatch",
@@ -129,9 +131,8 @@ def test_every_outcome_is_recorded_and_the_run_goes_on(tmp_path, fake):
     assert by_mode["ok"]["measurements"] == {"tokens_per_s": [100.0, 101.0, 99.0]}
     assert by_mode["ok"]["reason"] is None
     # the JSONL file holds exactly what was returned, every finished case
-    assert read_jsonl(jsonl) == json.loads(json.dumps(records))
-    log = console.file.getvalue()
-    assert all(f"fake-{m}" in log for m in modes)
+    assert read_jsonl(jsonl) == json.loads(json.dumps([r.to_dict() for r in records]))
+    assert all(any(f"fake-{m} infer" in line for line in log) for m in modes) and len(log) == len(modes)
     # and the records make a valid document whose cases keep their statuses
     doc = build_document({}, {"seed": 0}, records)
     assert {c["engine"]: c["status"] for c in doc["cases"]} == {f"fake-{m}": s for m, s in expected.items()}
@@ -142,11 +143,11 @@ def test_timeout_kills_the_worker_and_everything_it_started(tmp_path, fake):
     spec = CaseSpec("fake-hang", "train", {"mode": "hang", "pidfile": str(pidfile)})
     started = time.monotonic()
     records = runner.run_cases([spec, CaseSpec("fake-ok", "train", {"mode": "ok"})], tmp_path / "r.jsonl",
-                               timeout_s=1.5, command=fake, console=quiet())
+                               timeout_s=1.5, command=fake, log=Log())
     assert time.monotonic() - started < 15
-    hung = next(r for r in records if r["engine"] == "fake-hang")
-    assert hung["status"] == "timeout" and "1.5 s" in hung["reason"]
-    assert next(r for r in records if r["engine"] == "fake-ok")["status"] == "ok"
+    hung = next(r for r in records if r.engine == "fake-hang")
+    assert hung.status == "timeout" and "1.5 s" in hung.reason
+    assert next(r for r in records if r.engine == "fake-ok").status == "ok"
     grandchild = int(pidfile.read_text())
     for _ in range(50):  # killed with its process group; at most a zombie until something reaps it
         if _state(grandchild) in (None, "Z"):
@@ -158,9 +159,9 @@ def test_timeout_kills_the_worker_and_everything_it_started(tmp_path, fake):
 def test_results_are_appended_as_each_case_finishes(tmp_path, fake):
     jsonl = tmp_path / "runs.jsonl"
     specs = [CaseSpec(f"fake-{i}", "infer", {"mode": "ok", "jsonl": str(jsonl)}) for i in range(4)]
-    records = runner.run_cases(specs, jsonl, rounds=2, seed=3, command=fake, console=quiet())
+    records = runner.run_cases(specs, jsonl, rounds=2, seed=3, command=fake, log=Log())
     # each worker saw the lines of every case that finished before it started
-    assert [r["scalars"]["lines_seen"] for r in records] == list(range(8))
+    assert [r.scalars["lines_seen"] for r in records] == list(range(8))
 
 
 def test_an_interrupt_keeps_every_finished_case(tmp_path, fake):
@@ -175,7 +176,7 @@ def test_an_interrupt_keeps_every_finished_case(tmp_path, fake):
     jsonl = tmp_path / "runs.jsonl"
     specs = [CaseSpec(f"fake-{i}", "infer", {"mode": "ok"}) for i in range(5)]
     with pytest.raises(KeyboardInterrupt):
-        runner.run_cases(specs, jsonl, command=interrupting, console=quiet())
+        runner.run_cases(specs, jsonl, command=interrupting, log=Log())
     kept = read_jsonl(jsonl)
     assert len(kept) == 2 and all(r["status"] == "ok" for r in kept)
 
@@ -183,19 +184,20 @@ def test_an_interrupt_keeps_every_finished_case(tmp_path, fake):
 def test_peak_rss_is_the_workers_own_not_the_parents(fake):
     ballast = bytearray(200 * 2**20)  # a parent bigger than the workers must not leak into their figures
     ballast[:: 4096] = b"\x01" * len(ballast[:: 4096])
-    heavy = runner.run_case(CaseSpec("fake-ok", "infer", {"mode": "ok", "ballast_mb": 80, "hold_s": 0.5}),
-                             command=fake)
-    light = runner.run_case(CaseSpec("fake-ok", "infer", {"mode": "ok"}), command=fake)
-    assert heavy["status"] == light["status"] == "ok"
-    assert heavy["scalars"]["peak_rss_mb"] >= 80 and heavy["child_peak_rss_mb"] >= 80
-    assert light["child_peak_rss_mb"] < 80 and light["scalars"]["peak_rss_mb"] < 80
-    assert len(ballast) < heavy["child_peak_rss_mb"] * 2**20 * 3  # keeps the parent's ballast alive until here
+    [heavy] = runner.run_group([CaseSpec("fake-ok", "infer", {"mode": "ok", "ballast_mb": 80, "hold_s": 0.5})],
+                               command=fake)
+    [light] = runner.run_group([CaseSpec("fake-ok", "infer", {"mode": "ok"})], command=fake)
+    assert heavy.status == light.status == "ok"
+    assert heavy.scalars["peak_rss_mb"] >= 80 and heavy.child_peak_rss_mb >= 80
+    assert light.child_peak_rss_mb < 80 and light.scalars["peak_rss_mb"] < 80
+    assert len(ballast) < heavy.child_peak_rss_mb * 2**20 * 3  # keeps the parent's ballast alive until here
 
 
 def test_missing_framework_is_skipped_naming_the_extra(tmp_path, fake, monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name in ("jax", "jaxlib", "onnx", "tf2onnx") else real(name, *a))
+                        lambda name, *a: None if name in ("jax", "jaxlib", "onnx", "tf2onnx", "keras_hub")
+                        else real(name, *a))
     ran = []
 
     def command(case_json, result):
@@ -203,30 +205,19 @@ def test_missing_framework_is_skipped_naming_the_extra(tmp_path, fake, monkeypat
         return fake(case_json, result)
 
     specs = [CaseSpec("keras-jax", "train", {"mode": "ok"}), CaseSpec("ort-keras-export", "infer", {"mode": "ok"}),
-             CaseSpec("fake-ok", "train", {"mode": "ok"})]
-    records = runner.run_cases(specs, tmp_path / "r.jsonl", rounds=2, command=command, console=quiet())
+             CaseSpec("kerashub-jax", "infer", {"mode": "ok"}), CaseSpec("fake-ok", "train", {"mode": "ok"})]
+    records = runner.run_cases(specs, tmp_path / "r.jsonl", rounds=2, command=command, log=Log())
     by_engine = {}
     for record in records:
-        by_engine.setdefault(record["engine"], []).append(record)
+        by_engine.setdefault(record.engine, []).append(record)
     assert ran == ["fake-ok", "fake-ok"]
     [jax] = by_engine["keras-jax"]  # recorded once, not once per round
-    assert jax["status"] == "skipped"
-    assert "jax" in jax["reason"] and "llmdual[jax]" in jax["reason"]
+    assert jax.status == "skipped"
+    assert "jax" in jax.reason and "llmdual[jax]" in jax.reason
     [ort] = by_engine["ort-keras-export"]
-    assert ort["status"] == "skipped" and "onnx" in ort["reason"] and "llmdual[onnx]" in ort["reason"]
-    assert runner.skip_reason("fake-anything") is None
-
-
-def test_plan_runs_every_case_each_round_in_a_seeded_shuffled_order():
-    specs = [CaseSpec(f"e{i}", "train") for i in range(8)]
-    order = runner.plan(specs, rounds=3, seed=11)
-    rounds = [[s.engine for r, s in order if r == k] for k in range(3)]
-    assert all(sorted(r) == sorted(s.engine for s in specs) for r in rounds)
-    assert len({tuple(r) for r in rounds}) > 1  # reshuffled between rounds
-    assert runner.plan(specs, 3, 11) == order
-    assert runner.plan(specs, 3, 12) != order
-    with pytest.raises(ValueError):
-        runner.plan(specs, 0, 1)
+    assert ort.status == "skipped" and "onnx" in ort.reason and "llmdual[onnx]" in ort.reason
+    [hub] = by_engine["kerashub-jax"]  # a reference implementation: a row of the same table, same treatment
+    assert hub.status == "skipped" and "install llmdual[jax,reference]" in hub.reason
 
 
 def test_worker_env_sets_backend_threads_and_devices():
@@ -244,9 +235,9 @@ def test_worker_env_sets_backend_threads_and_devices():
 
 
 def test_worker_gets_its_environment_and_is_pinned_to_its_threads(fake):
-    record = runner.run_case(CaseSpec("keras-jax", "train", {"mode": "env", "threads": 1}), command=fake)
-    assert record["status"] == "ok"
-    assert record["scalars"] == {"keras_backend": "jax", "omp": "1", "cores": 1}
+    [record] = runner.run_group([CaseSpec("keras-jax", "train", {"mode": "env", "threads": 1})], command=fake)
+    assert record.status == "ok"
+    assert record.scalars == {"keras_backend": "jax", "omp": "1", "cores": 1}
     assert len(os.sched_getaffinity(0)) >= 1  # the parent keeps all its cores
 
 
@@ -257,7 +248,7 @@ def test_unknown_workload_is_refused_before_anything_runs(tmp_path, fake):
 
 
 def test_environment_capture_reads_metadata_and_imports_no_framework():
-    code = ("import sys, json; from llmdual.bench import env, report, results, runner, flops, stats; "
+    code = ("import sys, json; from llmdual.bench import bars, env, report, results, runner, flops, stats; "
             "doc = env.capture(threads=2, flags={'out': __import__('pathlib').Path('x')}); "
             "print(json.dumps([doc, sorted(m for m in ('torch', 'tensorflow', 'keras', 'jax') if m in sys.modules)]))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
@@ -311,8 +302,9 @@ GROUP_WORKER = textwrap.dedent('''
             os._exit(3)
         if mode == "hang":
             time.sleep(60)
+        case = json.loads(case_json)
         with open(path + ".tmp", "w") as handle:
-            json.dump({"status": "ok", "reason": None, "measurements": {"tokens_per_s": [1.0]},
+            json.dump({"engine": case["engine"], "workload": case["workload"], "status": "ok", "reason": None, "measurements": {"tokens_per_s": [1.0]},
                        "scalars": {"pid": os.getpid()}}, handle)
         os.replace(path + ".tmp", path)
 ''')
@@ -331,9 +323,9 @@ def test_one_process_per_engine_and_a_crash_costs_only_its_case(tmp_path, group_
     seen = []
     records = runner.run_group(specs, timeout_s=30, command=group_fake, emit=seen.append)
     assert records == seen
-    assert [r["status"] for r in records] == ["ok", "crashed", "ok", "ok"]
-    assert records[1]["returncode"] == 3 and "exit code 3" in records[1]["reason"]
-    pids = [r["scalars"].get("pid") for r in records]
+    assert [r.status for r in records] == ["ok", "crashed", "ok", "ok"]
+    assert records[1].returncode == 3 and "exit code 3" in records[1].reason
+    pids = [r.scalars.get("pid") for r in records]
     assert pids[2] == pids[3] and pids[0] != pids[2]  # the cases after the crash ran in one fresh process
 
 
@@ -341,24 +333,26 @@ def test_a_hanging_case_times_out_alone_and_the_group_goes_on(tmp_path, group_fa
     specs = [CaseSpec("fake-a", "train", {"mode": "ok"}), CaseSpec("fake-a", "infer", {"mode": "hang"}),
              CaseSpec("fake-a", "generate", {"mode": "ok"})]
     records = runner.run_group(specs, timeout_s=3, command=group_fake)
-    assert [r["status"] for r in records] == ["ok", "timeout", "ok"]
+    assert [r.status for r in records] == ["ok", "timeout", "ok"]
 
 
-def test_per_engine_plan_groups_cases_and_shuffles_engines_and_cases():
+def test_plan_runs_each_engine_once_per_round_in_a_seeded_shuffled_order():
     specs = [CaseSpec(f"e{i}", w, {"threads": 2}) for i in range(5) for w in ("train", "infer", "generate")]
-    order = runner.plan_groups(specs, rounds=2, seed=4)
+    order = runner.plan(specs, rounds=2, seed=4)
     assert len(order) == 10 and all(len({s.engine for s in group}) == 1 and len(group) == 3 for _, group in order)
     engines = [[group[0].engine for r, group in order if r == k] for k in range(2)]
     assert sorted(engines[0]) == sorted(engines[1]) == [f"e{i}" for i in range(5)]
-    assert runner.plan_groups(specs, 2, 4) == order
+    assert runner.plan(specs, 2, 4) == order and runner.plan(specs, 2, 5) != order
     assert len({tuple(s.workload for s in group) for _, group in order}) > 1  # cases shuffled within groups
+    with pytest.raises(ValueError, match="rounds"):
+        runner.plan(specs, 0, 1)
 
 
 def test_run_cases_per_engine_records_every_case_in_the_jsonl(tmp_path, group_fake):
     specs = [CaseSpec(e, w, {"mode": "crash" if (e, w) == ("fake-b", "infer") else "ok"})
              for e in ("fake-a", "fake-b") for w in ("train", "infer")]
     jsonl = tmp_path / "runs.jsonl"
-    records = runner.run_cases(specs, jsonl, rounds=2, command=group_fake, console=quiet(), per_engine=True)
-    assert len(records) == 8 and read_jsonl(jsonl) == json.loads(json.dumps(records))
-    status = {(r["engine"], r["workload"], r["round"]): r["status"] for r in records}
+    records = runner.run_cases(specs, jsonl, rounds=2, command=group_fake, log=Log())
+    assert len(records) == 8 and read_jsonl(jsonl) == [r.to_dict() for r in records]
+    status = {(r.engine, r.workload, r.round): r.status for r in records}
     assert sorted(k for k, v in status.items() if v != "ok") == [("fake-b", "infer", 0), ("fake-b", "infer", 1)]

@@ -1,9 +1,13 @@
-"""The benchmark worker on real engines (tiny preset): parity gate before timing, failures recorded per case."""
+"""The benchmark worker on real engines (tiny preset): the expected-outputs gate before timing, failures per case."""
+
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from llmdual.bench import engines, expected, runner
+from llmdual.bench.inputs import Inputs
 from llmdual.bench.runner import CaseSpec
 from llmdual.config import Config
 
@@ -15,7 +19,7 @@ def settings(**changes):
     return {**base, **changes}
 
 
-def test_check_accepts_the_reference_and_names_what_differs():
+def test_check_accepts_the_expected_outputs_and_names_what_differs():
     want = {"infer.logits": np.ones((2, 3, 4), np.float32), "train.loss": np.array([9.0, 8.5]),
             "train.grad_norm": np.array([3.0, 2.0]), "generate.b1.tokens": np.array([[1, 2, 3]]),
             "generate.b1.logits": np.zeros((1, 4), np.float32)}
@@ -38,16 +42,23 @@ def test_tolerances_follow_the_precision():
 
 
 def test_inputs_are_the_same_everywhere_and_pad_the_classifier_rows():
-    a, b = expected.Inputs.of(settings(batch_size=4)), expected.Inputs.of(settings(batch_size=4))
+    a, b = Inputs.of(settings(batch_size=4)), Inputs.of(settings(batch_size=4))
     assert np.array_equal(a.x, b.x) and np.array_equal(a.y[:, :-1], a.x[:, 1:])
     assert a.mask[0].all() and a.mask.sum(axis=1).min() >= 4
+    assert a.context.shape == (1, Config.preset("tiny").max_seq_len)
+    assert a.prompts(3)["b1"].shape == (1, 3) and a.prompts(3)["batch"].shape == (4, 3)
 
 
 @pytest.mark.parametrize("engine, workload, changes, expect", [
-    ("torch-compile", "generate", {}, "eagerly"),
+    ("torch-compile", "generate", {}, "torch-eager"),
     ("ort-keras-export", "train", {}, "inference graphs"),
+    ("ort-torch-export", "kv", {}, "always uses its cache"),
     ("torch-eager", "train", {"dtype": "float16"}, "CUDA"),
-    ("ort-torch-export", "infer", {"dtype": "bfloat16"}, "float32 export"),
+    ("ort-torch-export", "infer", {"dtype": "bfloat16"}, "float32"),
+    ("hf-eager", "infer", {"dtype": "bfloat16"}, "float32"),
+    ("hf-eager", "classify", {}, "language models only"),
+    ("nanogpt", "generate", {}, "no KV cache"),
+    ("keras-jax", "generate", {"seq_len": 8, "prompt_len": 4, "new_tokens": 70}, "max_seq_len"),
     ("keras-jax", "generate", {"seq_len": 64, "new_tokens": 2}, "max_seq_len"),
     ("keras-jax", "generate", {}, None),
 ])
@@ -57,8 +68,8 @@ def test_not_applicable_cases_say_why(engine, workload, changes, expect):
 
 
 def test_an_engine_that_disagrees_is_refused_and_failing_cases_do_not_stop_the_others(tmp_path):
-    """One worker process: perturbed reference -> mismatch (nothing timed); no reference, or an exception in
-    the engine -> failed, saying why; the last case still runs and is timed."""
+    """One worker process: perturbed expected outputs -> mismatch (nothing timed); none, or an exception in the
+    engine -> failed, saying why; the last case still runs and is timed."""
     good = expected.compute(settings(), ["infer"])
     expected.save(tmp_path / "good.npz", good)
     expected.save(tmp_path / "off.npz", {"infer.logits": good["infer.logits"] * 1.01})
@@ -67,11 +78,29 @@ def test_an_engine_that_disagrees_is_refused_and_failing_cases_do_not_stop_the_o
              CaseSpec("torch-eager", "infer", settings(expected=str(tmp_path / "good.npz"), seq_len=100)),
              CaseSpec("torch-eager", "infer", settings(expected=str(tmp_path / "good.npz")))]
     mismatch, missing, raised, ok = runner.run_group(specs, timeout_s=120)
-    assert mismatch["status"] == "mismatch" and mismatch["measurements"] == {}
-    assert "max abs difference" in mismatch["reason"] and mismatch["scalars"]["max_abs_diff"] > 1e-4
-    assert missing["status"] == "failed" and "no PyTorch reference" in missing["reason"]
-    assert raised["status"] == "failed" and raised["returncode"] is None  # the process went on
-    assert raised["reason"].startswith("ValueError: sequence too long") and ".py:" in raised["reason"]
-    assert ok["status"] == "ok", ok["reason"]
-    assert len(ok["measurements"]["tokens_per_s"]) == 2 and ok["scalars"]["max_abs_diff"] <= 1e-4
-    assert ok["scalars"]["probe_flops"] > 0 and ok["scalars"]["peak_rss_mb"] > 0 and "warmup_s" in ok["scalars"]
+    assert mismatch.status == "mismatch" and mismatch.measurements == {}
+    assert "max abs difference" in mismatch.reason and mismatch.scalars["max_abs_diff"] > 1e-4
+    assert missing.status == "failed" and "no expected outputs" in missing.reason
+    assert raised.status == "failed" and raised.returncode is None  # the process went on
+    assert raised.reason.startswith("ValueError: sequence too long") and ".py:" in raised.reason
+    assert ok.status == "ok", ok.reason
+    assert len(ok.measurements["tokens_per_s"]) == 2 and ok.scalars["max_abs_diff"] <= 1e-4
+    assert ok.scalars["probe_flops"] > 0 and ok.scalars["peak_rss_mb"] > 0 and "warmup_s" in ok.scalars
+
+
+def test_kv_workload_checks_both_decoders_then_times_one_step_each(tmp_path):
+    good = expected.compute(settings(), ["kv"])
+    assert np.abs(good["kv.cached.logits"] - good["kv.recompute.logits"]).max() < 1e-4
+    expected.save(tmp_path / "kv.npz", good)
+    [record] = runner.run_group([CaseSpec("torch-eager", "kv", settings(expected=str(tmp_path / "kv.npz")))],
+                                timeout_s=120)
+    assert record.status == "ok", record.reason
+    assert len(record.measurements["kv_cached_s"]) == len(record.measurements["kv_recompute_s"]) == 16
+
+
+def test_the_worker_refuses_cases_of_several_engines():
+    case = '{{"engine": "{}", "workload": "infer", "settings": {{}}}}'
+    done = subprocess.run([sys.executable, "-m", "llmdual.bench.worker", "--case-json", case.format("torch-eager"),
+                           "--result", "a", "--case-json", case.format("keras-jax"), "--result", "b"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2 and "share their engine" in done.stderr

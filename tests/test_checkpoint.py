@@ -1,4 +1,7 @@
+"""Model files (``llmdual.save``/``load``): bit-identical round trips across backends and clear errors."""
+
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,43 +21,44 @@ def test_save_load_is_bit_identical(tiny, task, src, dst, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]  # no temporary file left behind
 
 
-def test_truncated_checkpoint_is_reported(tiny, tmp_path):
+def test_truncated_model_file_is_reported(tiny, tmp_path):
     path = llmdual.save(llmdual.build(tiny, "torch"), tmp_path / "m.safetensors")
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    with pytest.raises(ValueError, match="not a readable safetensors checkpoint \\(truncated or corrupt"):
+    with pytest.raises(ValueError, match="not a readable safetensors model file \\(truncated or corrupt"):
         llmdual.load(path)
 
 
-def test_mismatched_checkpoint_lists_the_problems(tiny, tmp_path):
+def test_mismatched_model_file_lists_the_problems(tiny, tmp_path):
     weights = llmdual.init_weights(tiny)
     weights["wte.weight"] = weights["wte.weight"][:10]
     metadata = {"format": "llmdual/1", "task": "lm", "config": tiny.to_json()}
     save_file(weights, tmp_path / "bad.safetensors", metadata=metadata)
-    with pytest.raises(ValueError, match=r"wte.weight: got \(10, 64\), expected \(256, 64\)"):
+    with pytest.warns(UserWarning, match="no checksum"), \
+            pytest.raises(ValueError, match=r"wte.weight: got \(10, 64\), expected \(256, 64\)"):
         llmdual.load(tmp_path / "bad.safetensors")
 
 
 def test_foreign_safetensors_and_missing_files(tiny, tmp_path):
     save_file({"x": np.zeros(2, np.float32)}, tmp_path / "other.safetensors", metadata={"format": "pt"})
-    with pytest.raises(ValueError, match="not an llmdual checkpoint: format 'pt'"):
+    with pytest.raises(ValueError, match="not an llmdual model file: format 'pt'"):
         llmdual.load(tmp_path / "other.safetensors")
-    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+    with pytest.raises(FileNotFoundError, match="no model file at"):
         llmdual.load(tmp_path / "absent.safetensors")
     bad_meta = {"format": "llmdual/1", "task": "lm", "config": json.dumps({"d_model": 3})}
     save_file(llmdual.init_weights(tiny), tmp_path / "meta.safetensors", metadata=bad_meta)
-    with pytest.raises((ValueError, TypeError)):
+    with pytest.warns(UserWarning, match="no checksum"), pytest.raises((ValueError, TypeError)):
         llmdual.load(tmp_path / "meta.safetensors")
 
 
 def test_failed_write_leaves_nothing(tiny, tmp_path, monkeypatch):
-    from llmdual import checkpoint
+    from llmdual import io
 
     def explode(weights, path, metadata):
-        open(path, "wb").write(b"partial")
+        Path(path).write_bytes(b"partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr(checkpoint, "save_file", explode)
-    with pytest.raises(OSError, match="disk full"):
+    monkeypatch.setattr(io, "save_file", explode)
+    with pytest.raises(OSError, match="cannot write .*m.safetensors: disk full"):
         llmdual.save(llmdual.build(tiny, "torch"), tmp_path / "m.safetensors")
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(FileNotFoundError, match="folder .* does not exist"):

@@ -35,15 +35,17 @@ def test_frozen():
 @pytest.mark.parametrize(
     "change, words",
     [
-        (dict(d_model=0), "d_model must be a positive integer"),
-        (dict(vocab_size=-3), "vocab_size must be a positive integer"),
-        (dict(n_layers=2.5), "n_layers must be a positive integer"),
-        (dict(d_model=66), "divisible by n_heads"),
-        (dict(dropout=1.0), "dropout must be in [0, 1)"),
-        (dict(dropout=-0.1), "dropout must be in [0, 1)"),
-        (dict(norm_eps=0), "norm_eps must be a positive number"),
-        (dict(num_classes=0), "num_classes must be a positive integer"),
-        (dict(tie_embeddings="yes"), "tie_embeddings must be a bool"),
+        ({"d_model": 0}, "d_model must be a positive integer"),
+        ({"vocab_size": -3}, "vocab_size must be a positive integer"),
+        ({"n_layers": 2.5}, "n_layers must be a positive integer"),
+        ({"d_model": 66}, "divisible by n_heads"),
+        ({"dropout": 1.0}, "dropout must be in [0, 1)"),
+        ({"dropout": -0.1}, "dropout must be in [0, 1)"),
+        ({"norm_eps": 0}, "norm_eps must be a finite positive number"),
+        ({"norm_eps": float("inf")}, "norm_eps must be a finite positive number, got inf"),
+        ({"n_heads": True}, "n_heads must be a positive integer (not a bool or float), got True"),
+        ({"num_classes": 0}, "num_classes must be a positive integer"),
+        ({"tie_embeddings": "yes"}, "tie_embeddings must be a bool"),
     ],
 )
 def test_bad_values_raise_naming_the_field(change, words):

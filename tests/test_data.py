@@ -10,15 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from llmdual.data import (
-    ClassificationDataset,
-    LMDataset,
-    default_corpus_files,
-    load_labeled,
-    stdlib_classification,
-    stdlib_dir,
-    token_stream,
-)
+from llmdual.corpus import default_corpus_files, stdlib_classification, stdlib_dir
+from llmdual.data import ClassificationDataset, LMDataset, load_labeled, token_stream
 from llmdual.tokenizer import Tokenizer
 
 DOCS = [f"document {i}: " + "the cat sat on the mat. " * (i % 5 + 1) for i in range(40)]

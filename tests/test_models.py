@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import llmdual
-from llmdual import backend as backend_module
+from llmdual import contract
 
 
 def test_forward_shapes(tiny, backend, task, ids):
@@ -15,7 +15,7 @@ def test_forward_shapes(tiny, backend, task, ids):
     expected = (2, 12, tiny.vocab_size) if task == "lm" else (2, tiny.num_classes)
     assert logits.shape == expected and logits.dtype == np.float32
     assert np.isfinite(logits).all()
-    assert llmdual.backend_of(model) == backend and model.task == task
+    assert llmdual.backend_name(model) == backend and model.task == task
 
 
 def test_untied_head_is_a_separate_weight(backend):
@@ -62,7 +62,7 @@ def test_unknown_backend_and_task(tiny):
 
 def test_missing_framework_names_the_extra(tiny, monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(backend_module.importlib.util, "find_spec", lambda name: None if name == "torch" else real(name))
+    monkeypatch.setattr(contract.importlib.util, "find_spec", lambda name: None if name == "torch" else real(name))
     with pytest.raises(ImportError, match=r"pip install 'llmdual\[torch\]'"):
         llmdual.build(tiny, "torch")
 

@@ -12,8 +12,9 @@ import torch
 
 import llmdual
 from llmdual.generate import generate
-from llmdual.onnx_export import VerificationError, export_onnx, quantize, summary_table, verify
-from llmdual.onnx_runtime import OnnxDecoder, logits, open_session
+from llmdual.onnx.export import VerificationError, export_onnx, summary_table, verify
+from llmdual.onnx.quantize import quantize
+from llmdual.onnx.runtime import OnnxDecoder, logits, open_session
 
 ATOL = 1e-4
 KINDS = ("lm", "classifier", "lm-kv")
@@ -124,7 +125,7 @@ def test_greedy_tokens_identical_through_native_and_both_files(models, sessions)
     prompt = np.array([[5, 17, 99, 3], [42, 8, 1, 200]])
     reference = generate(models["torch", "lm"], prompt, 24)
     assert len({int(t) for row in reference for t in row}) > 3  # varied tokens, so agreement means something
-    engines = {"native keras": models["keras", "lm"], **{f"{b} {k}": sessions[b, k] for b in ("torch", "keras")
+    engines = {"native keras": models["keras", "lm"], **{f"{b} {k}": OnnxDecoder(sessions[b, k]) for b in ("torch", "keras")
                                                          for k in ("lm", "lm-kv")}}
     for name, engine in engines.items():
         tokens = generate(engine, prompt, 24)
@@ -136,26 +137,29 @@ def test_kv_cache_decoder_matches_the_no_cache_path(models, sessions):
     native = generate(models["keras", "lm"], ragged, 20, use_cache=False)
     for backend in ("torch", "keras"):
         session = sessions[backend, "lm-kv"]
-        cached = generate(session, ragged, 20)
+        cached = generate(OnnxDecoder(session), ragged, 20)
         recomputed = generate(OnnxDecoder(session, use_cache=False), ragged, 20)
         for a, b, c in zip(cached, recomputed, native):
             assert np.array_equal(a, b) and np.array_equal(a, c), backend
     single = [3, 1, 4, 1, 5]  # the plain export (recomputing) agrees with the cache export
-    plain, cached = generate(sessions["keras", "lm"], single, 20), generate(sessions["torch", "lm-kv"], single, 20)
+    plain = generate(OnnxDecoder(sessions["keras", "lm"]), single, 20)
+    cached = generate(OnnxDecoder(sessions["torch", "lm-kv"]), single, 20)
     assert np.array_equal(plain, cached)
 
 
 def test_decoder_rejects_what_it_cannot_run(sessions, tmp_path):
     with pytest.raises(ValueError, match="needs a task 'lm' export, got task 'classifier'"):
-        generate(sessions["torch", "classifier"], [1, 2, 3], 4)
+        generate(OnnxDecoder(sessions["torch", "classifier"]), [1, 2, 3], 4)
     with pytest.raises(ValueError, match="no attention_mask input.*kv_cache=True"):
-        generate(sessions["keras", "lm"], [[1, 2, 3], [4]], 4)
+        generate(OnnxDecoder(sessions["keras", "lm"]), [[1, 2, 3], [4]], 4)
     x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
     foreign = onnx.helper.make_model(onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "g", [x],
                                                             [onnx.helper.make_tensor_value_info("y", 1, [1])]))
     onnx.save(foreign, tmp_path / "foreign.onnx")
     with pytest.raises(ValueError, match="not an llmdual ONNX export"):
         OnnxDecoder(tmp_path / "foreign.onnx")
+    with pytest.raises(TypeError, match=r"OnnxDecoder\(session\)"):
+        generate(sessions["torch", "lm-kv"], [1, 2, 3], 4)
 
 
 @pytest.mark.parametrize("task", ["lm", "classifier"])

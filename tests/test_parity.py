@@ -6,13 +6,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from llmdual import parity
+from llmdual.parity import core
+from llmdual.parity import model as model_checks
+from llmdual.parity.__main__ import main
 from llmdual.config import Config
 
 
 @pytest.mark.parametrize("preset", ["tiny", "small"])
 def test_presets_pass_every_model_check(preset, task):
     """Training and generation parity runs on `tiny` in test_training.py (20 steps per backend per check)."""
-    report = parity.run(Config.preset(preset), task, seed=0, checks=parity.CHECKS)
+    report = parity.run(Config.preset(preset), task, seed=0, checks=model_checks.CHECKS)
     assert report.passed, report.table()
     names = {c.name for c in report.checks}
     assert {"weights identical (same seed)", "logits", "loss", "save torch -> load keras"} <= names
@@ -38,7 +41,7 @@ def small_configs(draw):
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(config=small_configs(), task=st.sampled_from(["lm", "classifier"]), seed=st.integers(0, 2**16))
 def test_random_small_configs_agree(config, task, seed):
-    checks = [parity.check_weights_identical, parity.check_forward, parity.check_loss_and_grads, parity.check_invariance]
+    checks = [model_checks.check_weights_identical, model_checks.check_forward, model_checks.check_loss_and_grads, model_checks.check_invariance]
     report = parity.run(config, task, seed, checks=checks)
     assert report.passed, report.table()
 
@@ -57,9 +60,9 @@ def test_a_mismatched_gelu_is_caught_and_localised(tiny, monkeypatch):
 
     for model in ctx.models.values():
         set_weights(model, {n: v * 8 if v.ndim == 2 else v for n, v in get_weights(model).items()})
-    report = parity.ParityReport(tiny, "lm", 0, parity.check_forward(ctx))
+    report = parity.ParityReport(tiny, "lm", 0, model_checks.check_forward(ctx))
     assert not report.passed
-    divergence = parity.first_divergence(ctx)
+    divergence = core.first_divergence(ctx)
     assert divergence is not None and divergence.startswith("block 0 MLP output"), divergence
 
 
@@ -70,12 +73,12 @@ def test_a_mismatched_mask_constant_is_caught(tiny, monkeypatch):
     original = keras_model.attention_bias
     monkeypatch.setattr(keras_model, "attention_bias", lambda m, T, p, causal: original(m, T, p, False))
     ctx = parity.ParityContext(tiny, "lm", seed=0)
-    assert not all(c.passed for c in parity.check_forward(ctx))
-    assert parity.first_divergence(ctx).startswith("block 0 attention output")
+    assert not all(c.passed for c in model_checks.check_forward(ctx))
+    assert core.first_divergence(ctx).startswith("block 0 attention output")
 
 
 def test_report_table_and_dict(tiny):
-    report = parity.run(tiny, "classifier", checks=[parity.check_forward])
+    report = parity.run(tiny, "classifier", checks=[model_checks.check_forward])
     table, data = report.table(), report.to_dict()
     assert "logits, padded mask" in table and "PASSED: 2/2 checks" in table
     assert data["passed"] is True and len(data["checks"]) == 2
@@ -83,7 +86,7 @@ def test_report_table_and_dict(tiny):
 
 
 def test_cli_prints_the_tables_and_exits_zero(capsys, tmp_path):
-    assert parity.main(["--preset", "tiny", "--task", "lm", "--json", str(tmp_path / "r.json")]) == 0
+    assert main(["--preset", "tiny", "--task", "lm", "--json", str(tmp_path / "r.json")]) == 0
     out = capsys.readouterr().out
     assert "gradients (worst tensor, rel to its max)" in out and "PASSED" in out
     assert (tmp_path / "r.json").read_text().startswith("[")

@@ -1,5 +1,5 @@
 """Training in both backends: config validation, the schedule, parity of trajectories, accumulation, resume,
-checkpoints and mixed precision."""
+run state and mixed precision."""
 
 import importlib
 import json
@@ -8,9 +8,12 @@ import numpy as np
 import pytest
 
 import llmdual
-from llmdual import parity, training_parity
+from llmdual import parity
+from llmdual.bench.env import gpus
 from llmdual.parity import ParityContext
-from llmdual.training import TrainConfig, latest_checkpoint, lr_at
+from llmdual.parity import training as training_parity
+from llmdual.recipe import TrainConfig, lr_at
+from llmdual.training import latest_run_state
 
 
 @pytest.mark.parametrize(
@@ -50,13 +53,12 @@ def test_training_parity_checks_pass(tiny, task):
     report = parity.run(tiny, task, seed=1, checks=training_parity.CHECKS)
     assert report.passed, report.table()
     names = " ".join(c.name for c in report.checks)
-    assert "per-step loss (20 steps)" in names and "keras ckpt -> torch" in names
+    assert "per-step loss (20 steps)" in names and "keras run state -> torch" in names
 
 
 def test_a_mismatched_adam_epsilon_is_caught(tiny, monkeypatch):
     """Keras' AdamW with eps 1e-6 instead of 1e-8 (an easy porting slip) must fail the trajectory check."""
-    from llmdual.keras_backend import train as keras_train
-
+    keras_train = importlib.import_module("llmdual.keras_backend.train")  # the package's ``train`` is the function
     original = keras_train.make_optimizer
     monkeypatch.setattr(keras_train, "make_optimizer", lambda model, cfg: original(model, cfg.replace(eps=1e-6)))
     checks = {c.name.split(": ")[-1]: c for c in training_parity.check_trajectory(ParityContext(tiny, "lm", seed=0))}
@@ -87,11 +89,11 @@ def test_training_learns_and_records_history(tiny, backend):
     assert np.mean(history.loss[-5:]) < np.mean(history.loss[:5]) - 0.5
 
 
-def test_checkpoints_hold_weights_moments_and_history(tiny, backend, tmp_path):
+def test_run_state_holds_weights_moments_and_history(tiny, backend, tmp_path):
     ctx = ParityContext(tiny, "lm", seed=0)
     cfg = training_parity.train_config(steps=4, checkpoint_dir=str(tmp_path), checkpoint_interval=2)
     training_parity.run(ctx, backend, cfg)
-    prefix = latest_checkpoint(tmp_path)
+    prefix = latest_run_state(tmp_path)
     assert prefix is not None and prefix.name == "step-000004"
     state = json.loads(prefix.with_suffix(".json").read_text())
     assert state["step"] == 4 and len(state["history"]["loss"]) == 4
@@ -104,9 +106,9 @@ def test_resuming_another_model_is_refused(tiny, tmp_path):
     ctx = ParityContext(tiny, "lm", seed=0)
     training_parity.run(ctx, "torch", training_parity.train_config(steps=2, checkpoint_dir=str(tmp_path)))
     other = llmdual.build(tiny.replace(d_model=32), "torch")
-    with pytest.raises(ValueError, match="checkpoint .* holds a lm model"):
+    with pytest.raises(ValueError, match="run state .* holds a lm model"):
         llmdual.train(other, training_parity.batches(ctx, 4), training_parity.train_config(steps=4), resume=tmp_path)
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    with pytest.raises(FileNotFoundError, match="no run state"):
         llmdual.train(other, training_parity.batches(ctx, 4), training_parity.train_config(), resume=tmp_path / "x")
 
 
@@ -146,3 +148,34 @@ def test_fp16_trains_on_a_gpu(tiny):
     history = llmdual.train(model, training_parity.batches(ParityContext(tiny, "lm"), 4),
                             training_parity.train_config(steps=4, precision="fp16"))
     assert torch.cuda.is_available() and all(np.isfinite(history.loss))
+
+
+def test_trainers_started_mid_schedule_agree(tiny):
+    """``Trainer(model, cfg, start=5)`` means the same on both sides: schedule and bias correction from step 5."""
+    ctx = ParityContext(tiny, "lm", seed=0)
+    cfg = training_parity.train_config(steps=10)
+    batch = training_parity.batches(ctx, cfg.batch_size)(0)
+    after = {}
+    for backend, start in (("torch", 5), ("keras", 5), ("torch", 0)):
+        model = llmdual.build(tiny, backend, seed=0)
+        llmdual.contract.backend(backend).trainer(model, cfg, start=start).step(batch)
+        after[backend, start] = llmdual.get_weights(model)
+    atol = training_parity.WEIGHT_TRAVEL_FRACTION * float(lr_at(5, cfg))  # the parity checks' bound for one step
+    for name, value in after["torch", 5].items():
+        np.testing.assert_allclose(after["keras", 5][name], value, atol=atol, rtol=0, err_msg=name)
+    assert not np.allclose(after["torch", 0]["h.0.attn.c_attn.weight"], after["torch", 5]["h.0.attn.c_attn.weight"],
+                           atol=10 * atol, rtol=0)
+
+
+def test_precision_context_means_the_same_on_both_sides(tiny, backend, ids):
+    """``precision_context(precision, model)`` runs the forward pass in bf16 inside, in fp32 again after."""
+    module = importlib.import_module(f"llmdual.{backend}_backend.train")
+    model = llmdual.build(tiny, backend, seed=0)
+    fp32 = llmdual.forward(model, ids)
+    with module.precision_context("bf16", model):
+        bf16 = llmdual.forward(model, ids)
+    assert 1e-4 < np.abs(bf16 - fp32).max() < 0.1  # bf16 rounding: visible, small
+    np.testing.assert_array_equal(llmdual.forward(model, ids), fp32)
+    if not gpus():  # fp16 is refused when the Trainer is made, before any step
+        with pytest.raises(ValueError, match="precision 'fp16' needs a"):
+            module.Trainer(model, training_parity.train_config(precision="fp16"))

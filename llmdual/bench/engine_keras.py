@@ -1,17 +1,14 @@
-"""The Keras engines: llmdual's Keras model on whichever backend ``KERAS_BACKEND`` selected for this process.
+"""llmdual's Keras model on the backend ``KERAS_BACKEND`` selected for this process, run the way Keras runs it.
 
-Each backend runs the way Keras itself runs it: the batch forward compiled as Keras' ``predict`` would
-(``tf.function``, with XLA only for ``keras-tensorflow-xla``; ``jax.jit``; eager on torch), training through
-llmdual's Keras ``Trainer`` with ``jit_compile`` set the same way, and generation through llmdual's Keras
-decoder (a ``tf.function`` graph on TensorFlow, eager elsewhere). Mixed precision is Keras' global dtype policy (``mixed_bfloat16``/``mixed_float16``: float32
-variables, reduced-precision compute), set before the model is built.
+The forward is compiled as ``predict`` would (``tf.function``, XLA only for ``keras-tensorflow-xla``; ``jax.jit``;
+eager on torch); mixed precision is Keras' global dtype policy, set before the model is built.
 """
 
 from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import keras
@@ -19,22 +16,24 @@ import numpy as np
 from keras import ops
 
 import llmdual
-from llmdual.bench.workloads import PROBE_SIZE, probe
+from llmdual.bench.reference import build_keras_hub, checkpoint
+from llmdual.bench.timing import PROBE_SIZE, probe
+from llmdual.bench.workloads import Runtime
 from llmdual.config import Config
-from llmdual.generate import decoder_for
-from llmdual.keras_backend.train import Trainer
-from llmdual.training import Batch, TrainConfig
+from llmdual.contract import backend
+from llmdual.recipe import Batch, TrainConfig
 
 POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 
 
-class KerasEngine:
+class KerasRuntime(Runtime):
     """llmdual's Keras model on this process's Keras backend; ``jit_compile`` for the forward and training step."""
 
     def __init__(self, settings: Mapping[str, Any], jit_compile: bool):
         self.backend = keras.backend.backend()
         self.cuda = settings.get("device") == "cuda"
         self.jit_compile, self.model, self.dtype = jit_compile, None, "float32"
+        self.contract = backend("keras")
         threads = int(settings.get("threads") or 0)
         tf32 = bool(settings.get("tf32"))
         if self.backend == "tensorflow":
@@ -106,9 +105,6 @@ class KerasEngine:
 
         return eager
 
-    def prefetch(self, graphs: Sequence[tuple[Mapping[str, Any], str, bool]]) -> None:
-        """Nothing to share: each case builds its own model."""
-
     def forward(self, ids: np.ndarray, mask: np.ndarray | None) -> Callable[[], Any]:
         fn = self._compiled()
         ids_t = ops.convert_to_tensor(np.asarray(ids, np.int64))
@@ -119,10 +115,10 @@ class KerasEngine:
         return np.asarray(ops.convert_to_numpy(ops.cast(output, "float32")), np.float32)
 
     def trainer(self, cfg: TrainConfig) -> Callable[[Batch], tuple[float, float]]:
-        return Trainer(self.model, cfg.replace(jit_compile=self.jit_compile)).step  # floats: the step is done
+        return self.contract.trainer(self.model, cfg.replace(jit_compile=self.jit_compile)).step  # floats: done
 
-    def decoder(self) -> Any:
-        return decoder_for(self.model)
+    def decoder(self, use_cache: bool = True) -> Any:
+        return self.contract.decoder(self.model, use_cache)
 
     def probe_flops(self) -> float:
         n = PROBE_SIZE["cuda" if self.cuda else "cpu"]
@@ -160,3 +156,42 @@ class KerasEngine:
         self.model = None
         keras.backend.clear_session()
         gc.collect()
+
+
+class KerasHubRuntime(KerasRuntime):
+    """The reference keras-hub ``GPT2CausalLM`` on this process's Keras backend, compiled with ``jit_compile``;
+    generation by its own compiled ``generate``."""
+
+    decodes = False
+
+    def prepare(self, settings: Mapping[str, Any], task: str, kv_cache: bool) -> dict[str, float]:
+        started = time.perf_counter()
+        self.model = checkpoint(settings, build_keras_hub)
+        self.model.compile(sampler="greedy", jit_compile=self.jit_compile)
+        return {"build_s": time.perf_counter() - started}
+
+    @staticmethod
+    def batch(ids: np.ndarray) -> dict[str, np.ndarray]:
+        return {"token_ids": ids, "padding_mask": np.ones_like(ids, dtype=bool)}
+
+    def forward(self, ids: np.ndarray, mask: np.ndarray | None) -> Callable[[], Any]:
+        return lambda: self.model.predict_on_batch(self.batch(ids))
+
+    def trainer(self, cfg: TrainConfig) -> Callable[[Batch], tuple[float, None]]:
+        """``train_on_batch`` with Keras' AdamW at the recipe's settings; Keras reports no gradient norm."""
+        import keras
+
+        optimizer = keras.optimizers.AdamW(learning_rate=cfg.lr, weight_decay=cfg.weight_decay, beta_1=cfg.beta1,
+                                           beta_2=cfg.beta2, epsilon=cfg.eps, global_clipnorm=cfg.grad_clip)
+        optimizer.exclude_from_weight_decay(var_list=[v for v in self.model.trainable_variables if len(v.shape) < 2])
+        self.model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                           weighted_metrics=[], sampler="greedy", jit_compile=self.jit_compile)
+        return lambda batch: (float(self.model.train_on_batch(self.batch(batch[0]), batch[1])), None)
+
+    def generate(self, prompt: np.ndarray, new_tokens: int) -> np.ndarray:
+        B, T = prompt.shape
+        padded = np.zeros((B, T + new_tokens), np.int64)
+        padded[:, :T] = prompt
+        mask = np.broadcast_to(np.arange(T + new_tokens)[None] < T, padded.shape)
+        out = self.model.generate({"token_ids": padded, "padding_mask": mask}, stop_token_ids=None)
+        return np.asarray(out["token_ids"])[:, T:]

@@ -1,12 +1,6 @@
-"""The onnxruntime engines: llmdual's ONNX export of the PyTorch model (``ort-torch-export``) or of the Keras
-model (``ort-keras-export``), run by onnxruntime with the case's thread count.
-
-Each case exports what it runs with ``llmdual.onnx_export.export_onnx`` (which verifies the file against the
-native model before keeping it): the plain LM graph for ``infer``, the KV-cache decoder graph for
-``generate`` (driven by ``llmdual.onnx_runtime.OnnxDecoder``), the classifier graph for ``classify``. The
-export runs in a child process (``python -m llmdual.bench.engine_onnx``), so the engine's own process holds
-onnxruntime only, as a deployment would, and its peak memory is onnxruntime's. ``export_s`` is the export with
-its verification (native build included, framework start-up not), ``build_s`` loading the file into a session.
+"""onnxruntime over llmdual's verified ONNX export of the PyTorch (``ort-torch-export``) or Keras model
+(``ort-keras-export``). Exports run in a child process (``python -m llmdual.bench.engine_onnx``), so the
+engine's own process holds onnxruntime only, as a deployment would; ``export_s`` includes the verification.
 """
 
 from __future__ import annotations
@@ -29,24 +23,21 @@ import onnx
 import onnxruntime as ort
 
 import llmdual
-from llmdual.bench.workloads import PROBE_SIZE, probe
+from llmdual.bench.timing import PROBE_SIZE, probe
+from llmdual.bench.workloads import Runtime
 from llmdual.config import Config
-from llmdual.generate import decoder_for
-from llmdual.onnx_export import export_onnx
-from llmdual.onnx_runtime import open_session
-from llmdual.training import Batch, TrainConfig
-
+from llmdual.onnx.export import export_onnx
+from llmdual.onnx.runtime import OnnxDecoder, open_session
 
 Graph = tuple[Mapping[str, Any], str, bool]  # a case's settings, task and whether it is the KV-cache decoder
 
 
 def export_graphs(source: str, settings: Mapping[str, Any], graphs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Export ``graphs`` (``task``, ``kv_cache``, ``path`` each) of the settings' model from ``source`` in one child
-    process, so one framework start-up serves them all; per graph ``{"export_s": seconds}`` (export and its
-    verification, measured in the child) or ``{"error": why}``. ``RuntimeError`` if the child dies."""
+    """Export ``graphs`` (``task``, ``kv_cache``, ``path`` each) from ``source`` in one child process; per graph
+    ``{"export_s": seconds}`` or ``{"error": why}``. ``RuntimeError`` if the child dies."""
     command = [sys.executable, "-m", "llmdual.bench.engine_onnx", "--source", source,
                "--settings", json.dumps(settings), "--graphs", json.dumps(list(graphs))]
-    done = subprocess.run(command, capture_output=True, text=True)
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
     sys.stderr.write(done.stderr)  # the worker's stderr tail then shows the exporters' own messages
     if done.returncode != 0:
         last = next((line for line in reversed(done.stderr.splitlines()) if line.strip()), "")
@@ -54,7 +45,7 @@ def export_graphs(source: str, settings: Mapping[str, Any], graphs: Sequence[dic
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-class OnnxEngine:
+class OrtRuntime(Runtime):
     """onnxruntime over the export of ``source``'s (``torch`` or ``keras``) model, CPU or CUDA provider."""
 
     def __init__(self, settings: Mapping[str, Any], source: str):
@@ -115,14 +106,8 @@ class OnnxEngine:
             feeds["attention_mask"] = np.asarray(mask, np.int64)
         return lambda: session.run(["logits"], feeds)[0]  # host numpy: the run has finished
 
-    def to_numpy(self, output: np.ndarray) -> np.ndarray:
-        return np.asarray(output, np.float32)
-
-    def trainer(self, cfg: TrainConfig) -> Callable[[Batch], tuple[float, float]]:
-        raise ValueError("onnxruntime runs exported inference graphs; it has no training step here")
-
-    def decoder(self) -> Any:
-        return decoder_for(self.session)
+    def decoder(self, use_cache: bool = True) -> Any:
+        return OnnxDecoder(self.session)
 
     def probe_flops(self) -> float:
         """A one-node ``MatMul`` graph run by onnxruntime with the same session settings."""
@@ -136,12 +121,6 @@ class OnnxEngine:
         session = self._session(path)
         a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
         return probe(lambda: session.run(None, {"a": a}), n)
-
-    def reset_peaks(self) -> None:
-        """Nothing to reset: onnxruntime exposes no allocator peak (device memory is not reported)."""
-
-    def peak_device_mb(self) -> float | None:
-        return None
 
     def release(self) -> None:
         self.session = None
@@ -163,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             model = llmdual.build(Config.from_dict(settings["config"]), args.source, graph["task"], settings["seed"])
             export_onnx(model, graph["path"], kv_cache=graph["kv_cache"])
             results.append({"export_s": time.perf_counter() - started})
-        except Exception as error:  # one graph's failure is its cases' result; the other graphs still export
+        except Exception as error:  # noqa: BLE001 -- one graph's failure is its cases'; the others still export
             traceback.print_exc()
             results.append({"error": f"{type(error).__name__}: {str(error)[:300]}"})
     print(json.dumps(results))

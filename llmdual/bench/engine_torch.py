@@ -1,4 +1,4 @@
-"""The PyTorch engines: llmdual's PyTorch model, eager (``torch-eager``) or under ``torch.compile``.
+"""llmdual's PyTorch model, eager (``torch-eager``) or under ``torch.compile`` (``torch-compile``).
 
 Mixed precision is ``torch.autocast`` (weights stay float32), as llmdual's trainer does it; on CUDA every timed
 call ends with ``torch.cuda.synchronize`` and device memory is the caching allocator's own peak.
@@ -11,18 +11,18 @@ import gc
 import os
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 import torch
 
 import llmdual
-from llmdual.bench.workloads import PROBE_SIZE, probe
+from llmdual.bench.timing import PROBE_SIZE, probe
+from llmdual.bench.workloads import Runtime
 from llmdual.config import Config
-from llmdual.generate import decoder_for
-from llmdual.torch_backend.train import Trainer
-from llmdual.training import Batch, TrainConfig
+from llmdual.contract import backend
+from llmdual.recipe import Batch, TrainConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -42,22 +42,31 @@ class Autocast:
             return self.decoder.step(next_ids, attention_mask, state)
 
 
-class TorchEngine:
-    """llmdual's PyTorch model on one device; ``compile`` wraps it in ``torch.compile`` (``Module.compile``,
-    default mode), so the trainer and the forward run compiled code while the model stays an llmdual model.
-    Compilation starts from an empty inductor cache, so its warm-up is the same in every run."""
+def torch_device(settings: Mapping[str, Any]) -> torch.device:
+    """The case's torch device, with its thread count and TF32 switch applied."""
+    if settings.get("device") == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("no CUDA device visible to PyTorch")
+    if settings.get("threads"):
+        torch.set_num_threads(int(settings["threads"]))
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(settings.get("tf32"))
+    return torch.device("cuda" if settings.get("device") == "cuda" else "cpu")
+
+
+def cold_compile_cache() -> tempfile.TemporaryDirectory:
+    """An empty inductor cache, so compilation is as cold as JAX's and XLA's in every run."""
+    cache = tempfile.TemporaryDirectory(prefix="llmdual-inductor-")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache.name
+    return cache
+
+
+class TorchRuntime(Runtime):
+    """llmdual's PyTorch model on one device; ``compile`` wraps it in ``torch.compile`` (``Module.compile``)."""
 
     def __init__(self, settings: Mapping[str, Any], compile: bool = False):
-        if settings.get("device") == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("no CUDA device visible to PyTorch")
-        self.device = torch.device("cuda" if settings.get("device") == "cuda" else "cpu")
-        if settings.get("threads"):
-            torch.set_num_threads(int(settings["threads"]))
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(settings.get("tf32"))
-        self.compile, self.model, self.dtype = compile, None, torch.float32
-        if compile:  # compile cold, as JAX and XLA do: inductor would reuse kernels an earlier run left on disk
-            self.cache = tempfile.TemporaryDirectory(prefix="llmdual-inductor-")
-            os.environ["TORCHINDUCTOR_CACHE_DIR"] = self.cache.name
+        self.device, self.compile, self.model, self.dtype = torch_device(settings), compile, None, torch.float32
+        self.backend = backend("torch")
+        if compile:
+            self.cache = cold_compile_cache()
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.dtype == torch.float32:
@@ -78,15 +87,10 @@ class TorchEngine:
         self.model = model
         return {"build_s": time.perf_counter() - started}
 
-    def _tensor(self, array: np.ndarray | None) -> torch.Tensor | None:
-        return None if array is None else torch.as_tensor(array, dtype=torch.long, device=self.device)
-
-    def prefetch(self, graphs: Sequence[tuple[Mapping[str, Any], str, bool]]) -> None:
-        """Nothing to share: each case builds its own model."""
-
     def forward(self, ids: np.ndarray, mask: np.ndarray | None) -> Callable[[], Any]:
-        model, ids_t, mask_t = self.model, self._tensor(ids), self._tensor(mask)
-        model.eval()
+        model = self.model.eval()
+        ids_t = torch.as_tensor(ids, dtype=torch.long, device=self.device)
+        mask_t = None if mask is None else torch.as_tensor(mask, dtype=torch.long, device=self.device)
 
         def run() -> torch.Tensor:
             with torch.inference_mode(), self.autocast():
@@ -100,21 +104,16 @@ class TorchEngine:
         return output.float().cpu().numpy()
 
     def trainer(self, cfg: TrainConfig) -> Callable[[Batch], tuple[float, float]]:
-        return Trainer(self.model, cfg).step  # returns Python floats: the step has finished on the device
+        return self.backend.trainer(self.model, cfg).step  # Python floats: the step has finished on the device
 
-    def decoder(self) -> Any:
-        decoder = decoder_for(self.model)
+    def decoder(self, use_cache: bool = True) -> Any:
+        decoder = self.backend.decoder(self.model, use_cache)
         return decoder if self.dtype == torch.float32 else Autocast(decoder, self.autocast)
 
     def probe_flops(self) -> float:
         n = PROBE_SIZE[self.device.type]
         a = torch.randn(n, n, device=self.device, dtype=self.dtype)
-
-        def matmul() -> None:
-            torch.matmul(a, a)
-            self.sync()
-
-        return probe(matmul, n)
+        return probe(lambda: (torch.matmul(a, a), self.sync()), n)
 
     def reset_peaks(self) -> None:
         if self.device.type == "cuda":

@@ -1,43 +1,31 @@
-"""What every benchmark engine must reproduce before it is timed: fixed inputs and the PyTorch reference outputs.
+"""Expected outputs: what every engine must reproduce before it is timed, computed by llmdual's PyTorch model
+(eager, float32, CPU, the case's canonical weights) in its own process and saved as ``.npz``.
 
-The reference is llmdual's PyTorch model, eager, float32, on the CPU, with the canonical weights of the case's
-seed (``llmdual.build(..., seed=...)`` gives every backend the same weights bit for bit). It is computed once
-per measurement point in its own process (``python -m llmdual.bench.expected``, started by
-:func:`llmdual.bench.compare.run`), saved as ``.npz``, and the file's path travels to the workers in the case
-settings (``expected``), so no worker ever imports a second framework to check itself.
-
-Per workload the reference holds: ``infer`` the LM logits of the batch; ``classify`` the classifier's logits
-of the padded batch; ``train`` the loss and pre-clip gradient norm of the first :data:`CHECK_STEPS` optimizer
-steps of ``llmdual``'s trainer (so the update is checked too, not only the first forward); ``generate`` the
-prefill logits and greedy tokens at batch 1 and at the case's batch size.
+Keys: ``infer.logits``; ``classify.logits``; ``train.loss`` and ``train.grad_norm`` of the first ``CHECK_STEPS``
+steps; ``generate.{b1,batch}.{logits,tokens}`` (prefill logits, greedy tokens); ``kv.{cached,recompute}.logits``.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import subprocess
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from llmdual.bench.inputs import CHECK_STEPS, PRECISION, Inputs, train_config
+from llmdual.bench.timing import greedy
 from llmdual.config import Config
-from llmdual.files import atomic_write
-from llmdual.training import TrainConfig
+from llmdual.io import atomic_write
 
-CHECK_STEPS = 2  # training steps compared with the reference before timing (they count as warm-up)
-
-# The case's dtype -> llmdual.TrainConfig's precision name.
-PRECISION = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
-
-# Accepted largest |difference| from the float32 reference, per compute precision: absolute on logits, relative
-# on training loss and gradient norm. Measured on the ``small`` preset (logits up to ~2): float32 engines agree
-# to ~2e-6 (fused kernels, other summation orders), so 1e-4 leaves room yet catches any real bug. bfloat16 keeps
-# 8 mantissa bits (~4e-3 relative per rounding); autocast and Keras' mixed policy land ~2e-2 away, hence 1e-1.
-# float16 and TF32 keep 10 bits, 8x finer than bfloat16, hence 2e-2.
+# Largest accepted |difference| from the float32 expected outputs: absolute on logits, relative on training loss
+# and gradient norm. float32 engines agree to ~2e-6 on the small preset (other summation orders), so 1e-4 still
+# catches any real bug; bfloat16 keeps 8 mantissa bits (autocast lands ~2e-2 away); float16 and TF32 keep 10.
 TOLERANCES = {"fp32": 1e-4, "tf32": 2e-2, "bf16": 1e-1, "fp16": 2e-2}
 
 
@@ -48,80 +36,51 @@ def tolerance(dtype: str, tf32: bool = False) -> float:
 
 
 def exact_tokens(dtype: str, tf32: bool = False) -> bool:
-    """Whether greedy tokens must equal the reference's: only at full float32, where no logit moves enough to
-    swap the top two; reduced precision may legitimately pick a near-tie's other token."""
+    """Whether greedy tokens must equal the expected ones: only at full float32 (no near-tie can flip)."""
     return dtype == "float32" and not tf32
 
 
-@dataclass(frozen=True)
-class Inputs:
-    """The fixed arrays of a measurement point, the same in every process that asks for them."""
-
-    x: np.ndarray  # (batch, seq_len) token ids: LM inputs, classifier inputs and generation prompts
-    y: np.ndarray  # (batch, seq_len) next-token targets
-    mask: np.ndarray  # (batch, seq_len) classifier attention mask: row 0 full, the others right-padded
-
-    @classmethod
-    def make(cls, config: Config, batch_size: int, seq_len: int, seed: int) -> Inputs:
-        rng = np.random.default_rng([seed, batch_size, seq_len])
-        tokens = rng.integers(0, config.vocab_size, (batch_size, seq_len + 1), dtype=np.int64)
-        lengths = np.r_[seq_len, rng.integers(max(1, seq_len // 2), seq_len + 1, batch_size - 1)]
-        mask = (np.arange(seq_len)[None] < lengths[:, None]).astype(np.int64)
-        return cls(tokens[:, :-1], tokens[:, 1:], mask)
-
-    @classmethod
-    def of(cls, settings: Mapping[str, Any]) -> Inputs:
-        """The inputs of a case from its settings."""
-        return cls.make(Config.from_dict(settings["config"]), settings["batch_size"], settings["seq_len"],
-                        settings["seed"])
-
-
-def train_config(settings: Mapping[str, Any]) -> TrainConfig:
-    """The optimisation recipe every engine (and the reference) trains with: llmdual's defaults, the case's
-    batch size, seed and precision, and a schedule as long as the steps the case runs."""
-    steps = CHECK_STEPS + settings["warmup"] + settings["repeats"]
-    return TrainConfig(steps=steps, batch_size=settings["batch_size"], seed=settings["seed"],
-                       precision=PRECISION[settings["dtype"]], progress=False)
+def kv_step(decoder: Any, context: np.ndarray) -> Any:
+    """A call running one decoding step at ``context``'s full length after prefilling all but its last token."""
+    S = context.shape[1]
+    _, state = decoder.prefill(context[:, :-1], np.ones((1, S - 1), np.int64))
+    return lambda: decoder.step(context[:, -1:], np.ones((1, S), np.int64), state)[0]
 
 
 def compute(settings: Mapping[str, Any], workloads: Sequence[str]) -> dict[str, np.ndarray]:
-    """The reference outputs of ``workloads`` at the settings' point (PyTorch eager, float32, CPU)."""
+    """The expected outputs of ``workloads`` at the settings' point (llmdual PyTorch eager, float32, CPU)."""
     import torch
 
     import llmdual
-    from llmdual.bench.workloads import greedy
-    from llmdual.generate import decoder_for
-    from llmdual.torch_backend.train import Trainer
+    from llmdual.contract import backend
 
+    torch_backend = backend("torch")
     if settings.get("threads"):
         torch.set_num_threads(int(settings["threads"]))
-    config, seed = Config.from_dict(settings["config"]), settings["seed"]
-    inputs = Inputs.of(settings)
+    config, seed, inputs = Config.from_dict(settings["config"]), settings["seed"], Inputs.of(settings)
     out: dict[str, np.ndarray] = {}
+    model = llmdual.build(config, "torch", "lm", seed)
     if "infer" in workloads:
-        out["infer.logits"] = llmdual.forward(llmdual.build(config, "torch", "lm", seed), inputs.x)
+        out["infer.logits"] = llmdual.forward(model, inputs.x)
     if "classify" in workloads:
-        model = llmdual.build(config, "torch", "classifier", seed)
-        out["classify.logits"] = llmdual.forward(model, inputs.x, inputs.mask)
-    if "train" in workloads:
-        step = Trainer(llmdual.build(config, "torch", "lm", seed), train_config({**settings, "dtype": "float32"})).step
+        out["classify.logits"] = llmdual.forward(llmdual.build(config, "torch", "classifier", seed), inputs.x,
+                                                 inputs.mask)
+    if "generate" in workloads:
+        for name, prompt in inputs.prompts(settings.get("prompt_len")).items():
+            run = greedy(torch_backend.decoder(model, True), prompt, settings["new_tokens"])
+            out[f"generate.{name}.logits"], out[f"generate.{name}.tokens"] = run.first_logits, run.tokens
+    if "kv" in workloads:
+        for name, use_cache in (("cached", True), ("recompute", False)):
+            out[f"kv.{name}.logits"] = kv_step(torch_backend.decoder(model, use_cache), inputs.context)()
+    if "train" in workloads:  # last: it changes the weights
+        step = torch_backend.trainer(model, train_config({**settings, "dtype": "float32"})).step
         losses, norms = zip(*(step((inputs.x, inputs.y)) for _ in range(CHECK_STEPS)))
         out["train.loss"], out["train.grad_norm"] = np.array(losses), np.array(norms)
-    if "generate" in workloads:
-        decoder = decoder_for(llmdual.build(config, "torch", "lm", seed))
-        for name, prompt in prompts(inputs).items():
-            run = greedy(decoder, prompt, settings["new_tokens"])
-            out[f"generate.{name}.logits"], out[f"generate.{name}.tokens"] = run.first_logits, run.tokens
     return out
 
 
-def prompts(inputs: Inputs) -> dict[str, np.ndarray]:
-    """The generation prompts: one row (batch 1) and the whole batch."""
-    return {"b1": inputs.x[:1], "batch": inputs.x}
-
-
 def save(path: str | Path, arrays: Mapping[str, np.ndarray]) -> Path:
-    """Write reference outputs atomically as ``.npz``."""
+    """Write expected outputs atomically as ``.npz``."""
     def write(tmp: str) -> None:
         with open(tmp, "wb") as handle:
             np.savez(handle, **arrays)
@@ -130,12 +89,12 @@ def save(path: str | Path, arrays: Mapping[str, np.ndarray]) -> Path:
 
 
 def load(path: str | Path) -> dict[str, np.ndarray]:
-    """Reference outputs written by :func:`save`."""
+    """Expected outputs written by :func:`save`."""
     with np.load(path) as data:
         return {name: data[name] for name in data.files}
 
 
-def _largest(got: np.ndarray, want: np.ndarray, relative: bool = False) -> float:
+def _largest(got: np.ndarray, want: np.ndarray, relative: bool) -> float:
     got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
     if got.shape != want.shape:
         return float("inf")
@@ -143,38 +102,51 @@ def _largest(got: np.ndarray, want: np.ndarray, relative: bool = False) -> float
     return float((diff / np.maximum(np.abs(want), 1e-12) if relative else diff).max())
 
 
-def check(workload: str, got: Mapping[str, np.ndarray], expected: Mapping[str, np.ndarray], tol: float,
+def check(workload: str, got: Mapping[str, np.ndarray], want: Mapping[str, np.ndarray], tol: float,
           tokens_exact: bool = True) -> tuple[float, str | None]:
-    """The largest difference of an engine's outputs from the reference, and why it is refused (None if not).
-
-    ``got`` uses the reference's keys without the workload prefix (``logits``, ``loss``, ``b1.tokens``...).
-    """
+    """The largest difference of an engine's outputs from the expected ones, and why it is refused (None if not).
+    ``got`` uses the expected keys without the workload prefix (``logits``, ``loss``, ``b1.tokens``...)."""
     diffs: dict[str, float] = {}
     for key, value in got.items():
-        want = expected[f"{workload}.{key}"]
+        expected = want[f"{workload}.{key}"][: len(value)] if workload == "train" else want[f"{workload}.{key}"]
         if key.endswith("tokens"):
-            same = np.asarray(value).shape == want.shape and bool(np.array_equal(value, want))
-            if tokens_exact and not same:
-                where = "shape" if np.asarray(value).shape != want.shape else \
-                    f"first at new token {int(np.argmax((np.asarray(value) != want).any(axis=0)))}"
-                return _worst(diffs), f"greedy tokens ({key}) differ from the PyTorch reference's ({where})"
+            value = np.asarray(value)
+            if tokens_exact and not (value.shape == expected.shape and np.array_equal(value, expected)):
+                where = "shape" if value.shape != expected.shape else \
+                    f"first at new token {int(np.argmax((value != expected).any(axis=0)))}"
+                return max(diffs.values(), default=0.0), f"greedy tokens ({key}) differ from the expected ({where})"
         else:
-            diffs[key] = _largest(value, want, relative=workload == "train")
-    worst = _worst(diffs)
+            diffs[key] = _largest(value, expected, relative=workload == "train")
+    worst = max(diffs.values(), default=0.0)
     if worst > tol:
         name = max(diffs, key=diffs.get)
         kind = "relative difference" if workload == "train" else "max abs difference"
-        return worst, f"{workload} {name}: {kind} {worst:.3g} from the PyTorch reference > tolerance {tol:g}"
+        return worst, f"{workload} {name}: {kind} {worst:.3g} from the expected outputs > tolerance {tol:g}"
     return worst, None
 
 
-def _worst(diffs: Mapping[str, float]) -> float:
-    return max(diffs.values(), default=0.0)
+def compute_in_process(settings: Mapping[str, Any], workloads: Sequence[str], folder: Path, timeout_s: float,
+                       environment: Mapping[str, str]) -> tuple[str | None, str | None]:
+    """Compute a point's expected outputs in a fresh process: (path, None), or (None, why not)."""
+    key = json.dumps([settings, sorted(workloads)], sort_keys=True)
+    path = folder / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
+    folder.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "llmdual.bench.expected", "--settings", json.dumps(settings),
+               "--workloads", ",".join(workloads), "--out", str(path)]
+    try:
+        done = subprocess.run(command, env=dict(environment), capture_output=True, text=True, timeout=timeout_s,
+                              check=False)
+    except subprocess.TimeoutExpired:
+        return None, f"computing the expected outputs timed out after {timeout_s:g} s"
+    if done.returncode != 0:
+        last = next((line for line in reversed(done.stderr.splitlines()) if line.strip()), "")
+        return None, f"computing the expected outputs failed (exit {done.returncode}): {last[:300]}"
+    return str(path.resolve()), None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``--settings JSON --workloads a,b --out PATH``: compute the reference outputs and write them."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    """``--settings JSON --workloads a,b --out PATH``: compute the expected outputs and write them."""
+    parser = argparse.ArgumentParser(description="compute a benchmark point's expected outputs")
     parser.add_argument("--settings", required=True, help="a case's settings as JSON")
     parser.add_argument("--workloads", required=True, help="comma-separated workloads")
     parser.add_argument("--out", required=True, help=".npz file to write")

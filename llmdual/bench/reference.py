@@ -1,23 +1,13 @@
-"""Reference GPT-2 implementations at an llmdual config's size, loaded with llmdual's canonical weights.
-
-The performance bar of ``benchmarks/perf_bar.py`` compares llmdual with Hugging Face ``transformers``'
-``GPT2LMHeadModel``, keras-hub's ``GPT2CausalLM`` and (optionally, from a user's checkout) nanoGPT's ``GPT``.
-Each is built here with the *same* weights as llmdual, so all compute the same logits and the timings compare
-implementations, not models. The canonical names and layout are GPT-2's published checkpoint format, so the
-weights written as ``model.safetensors`` next to a GPT-2 ``config.json`` are a Hugging Face checkpoint that
-both ``transformers`` and keras-hub load through their own public loaders; nanoGPT's ``nn.Linear`` layout
-needs the transposes its own ``from_pretrained`` does.
-
-``transformers``, ``keras_hub`` and nanoGPT's file are imported inside the functions: they come from the
-``reference`` extra (or the user's disk) and are never dependencies of llmdual itself.
-"""
+"""Reference GPT-2 implementations (HF transformers, keras-hub, nanoGPT) at an llmdual config's size, holding
+llmdual's canonical weights through their own loaders, so timings compare implementations, not models."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import sys
-from collections.abc import Mapping
+import tempfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +15,7 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from llmdual.config import Config
-from llmdual.weights import check_weights
+from llmdual.weights import check_weights, init_weights
 
 # nanoGPT's nn.Linear stores [out, in]; these canonical [in, out] matrices are transposed for it.
 _NANOGPT_TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -136,4 +126,12 @@ def build_nanogpt(path: str | Path, config: Config, weights: Mapping[str, np.nda
 
 
 # nanoGPT's exact GELU vs GPT-2's tanh approximation: logits of the same weights differ by up to ~1e-3.
-NANOGPT_TOLERANCE = 1e-2
+NANOGPT_TOLERANCE = 1e-2  # the nanogpt row of the engine table uses it
+
+
+def checkpoint(settings: Mapping[str, Any], build: Callable[[str], Any]) -> Any:
+    """``build`` over a Hugging Face GPT-2 checkpoint of the case's canonical LM weights."""
+    config = Config.from_dict(settings["config"])
+    with tempfile.TemporaryDirectory(prefix="llmdual-ref-") as tmp:
+        write_hf_checkpoint(config, init_weights(config, "lm", settings["seed"]), tmp)
+        return build(tmp)

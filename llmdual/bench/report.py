@@ -1,24 +1,17 @@
-"""Render a results document: terminal tables (rich), a Markdown report with a recommendation, PNG charts.
-
-Everything here reads only the document (see :mod:`llmdual.bench.results`), so a report can be rebuilt later
-from a saved JSON file. Rankings, ratios and their intervals come from the document's ``summary``.
-"""
+"""Render a results document: workload tables (rich in a terminal, plain text without it), a Markdown report
+with a recommendation. Everything reads only the document, so a report can be rebuilt from a saved file."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.patches import Patch
-from rich.console import Console
-from rich.table import Table
-
-from llmdual.bench.results import METRICS, POINT_KEYS, WORKLOAD_METRICS, WORKLOADS, Metric
-from llmdual.files import atomic_write
+from llmdual.bench.engines import is_reference
+from llmdual.bench.results import METRICS, POINT_KEYS, WORKLOAD_METRICS, WORKLOADS, Metric, write_text
+from llmdual.report import table
 
 # Which workloads (and so which summary groups) each stated priority is decided on.
 PRIORITIES: dict[str, tuple[str, ...]] = {
@@ -43,16 +36,16 @@ def format_value(value: float | None, unit: str) -> str:
     return f"{value:,.0f} {unit}" if value >= 100 else f"{value:.3g} {unit}"
 
 
-def _metric(name: str) -> Metric:
+def metric_of(name: str) -> Metric:
     return METRICS.get(name, Metric(name, "", True))
 
 
-def _varying(points: Sequence[dict[str, Any]]) -> list[str]:
+def varying(points: Sequence[dict[str, Any]]) -> list[str]:
     """Point keys whose values differ between the given points (the only ones worth printing)."""
     return [k for k in POINT_KEYS if len({json.dumps(p.get(k)) for p in points}) > 1]
 
 
-def _point_label(point: dict[str, Any], keys: Sequence[str]) -> str:
+def point_label(point: dict[str, Any], keys: Sequence[str]) -> str:
     return ", ".join(f"{k} {point.get(k)}" for k in keys)
 
 
@@ -84,17 +77,17 @@ def workload_table(doc: dict[str, Any], workload: str, compact: bool = False) ->
              for rank, e in enumerate(g["entries"])}
     cases.sort(key=lambda ic: (ic[1]["status"] != "ok", *map(_sort_key, _numbers(ic[1]["settings"])),
                                order.get(ic[0], 0)))
-    keys = _varying([c["settings"] for _, c in cases])
+    keys = varying([c["settings"] for _, c in cases])
     show_flops = any((c.get("flops") or {}).get("achieved") for _, c in cases)
     show_export = any("export_s" in c["scalars"] for _, c in cases)
-    header = ["engine", *keys, _metric(primary).label, "IQR" if compact else "spread (IQR; 95% CI)",
-              "vs fastest", *(_metric(m).label + (" p50 / p90 / p99" if m == "token_latency_s" else "")
+    header = ["engine", *keys, metric_of(primary).label, "IQR" if compact else "spread (IQR; 95% CI)",
+              "vs fastest", *(metric_of(m).label + (" p50 / p90 / p99" if m == "token_latency_s" else "")
                               for m in others),
               *(["model FLOP/s (MFU)"] if show_flops else []), "peak memory", "build / warm-up",
               *(["ONNX export / file"] if show_export else []), "status"]
     rows = []
     for index, case in cases:
-        s, unit = case["stats"], _metric(primary).unit
+        s, unit = case["stats"], metric_of(primary).unit
         row = [case["engine"], *(str(case["settings"].get(k, "–")) for k in keys)]
         if primary in s:
             entry = entries.get((index, primary))
@@ -114,7 +107,7 @@ def workload_table(doc: dict[str, Any], workload: str, compact: bool = False) ->
             elif metric == "token_latency_s":
                 row.append(" / ".join(format_value(s[metric][p], "s") for p in ("p50", "p90", "p99")))
             else:
-                row.append(format_value(s[metric]["median"], _metric(metric).unit))
+                row.append(format_value(s[metric]["median"], metric_of(metric).unit))
         if show_flops:
             f = case.get("flops") or {}
             mfu = f" ({100 * f['utilisation']:.1f}%" if f.get("utilisation") is not None else ""
@@ -135,33 +128,34 @@ def workload_table(doc: dict[str, Any], workload: str, compact: bool = False) ->
     return header, rows
 
 
-def print_tables(doc: dict[str, Any], console: Console | None = None) -> None:
-    """Print one table per workload to the terminal."""
-    console = console or Console()
+def print_tables(doc: dict[str, Any], console: Any = None) -> None:
+    """Print one table per workload: a rich table when rich is installed (or ``console`` is a rich Console),
+    else aligned plain text on ``console`` (a ``print``-like callable) or stdout."""
     for workload in WORKLOADS:
         header, rows = workload_table(doc, workload, compact=True)
         if not rows:
             continue
-        table = Table(title=f"{workload}", title_justify="left")
-        for i, name in enumerate(header):
-            table.add_column(name, justify="left" if i == 0 or name == "status" else "right", overflow="fold")
-        for row in rows:
-            table.add_row(*row, style=None if row[-1] == "ok" else "red")
-        console.print(table)
+        if console is None and importlib.util.find_spec("rich") is not None:
+            from rich.console import Console
 
+            console = Console(width=200)
+        if console is not None and hasattr(console, "print"):
+            from rich.table import Table
 
-def _md_table(header: list[str], rows: list[list[str]]) -> str:
-    def cell(text: str) -> str:
-        return text.replace("|", "\\|")
-    lines = ["| " + " | ".join(map(cell, header)) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(map(cell, row)) + " |" for row in rows]
-    return "\n".join(lines)
+            grid = Table(title=workload, title_justify="left")
+            for i, name in enumerate(header):
+                grid.add_column(name, justify="left" if i == 0 or name == "status" else "right", overflow="fold")
+            for row in rows:
+                grid.add_row(*row, style=None if row[-1] == "ok" else "red")
+            console.print(grid)
+        else:
+            (console or print)(f"{workload}\n{table(header, rows, markdown=False)}\n")
 
 
 def _decision(group: dict[str, Any], keys: Sequence[str]) -> tuple[str, str | None, bool]:
     """One recommendation bullet for a group, the winning framework (None if none is clear), and noise."""
-    metric, entries = _metric(group["metric"]), group["entries"]
-    where = f"**{group['workload']}**" + (f" ({_point_label(group['point'], keys)})" if keys else "")
+    metric, entries = metric_of(group["metric"]), group["entries"]
+    where = f"**{group['workload']}**" + (f" ({point_label(group['point'], keys)})" if keys else "")
     best = entries[0]
     head = f"{where}, {metric.label}: "
     rival = next((e for e in entries if e["framework"] != best["framework"]), None)
@@ -187,11 +181,13 @@ def recommendation(doc: dict[str, Any], priority: str) -> list[str]:
     if priority not in PRIORITIES:
         raise ValueError(f"unknown priority {priority!r}; choose one of {sorted(PRIORITIES)}")
     workloads = PRIORITIES[priority]
-    groups = [g for g in doc["summary"]["groups"] if g["workload"] in workloads
+    groups = [{**g, "entries": [e for e in g["entries"] if not is_reference(e["engine"])]}
+              for g in doc["summary"]["groups"] if g["workload"] in workloads
               and (g["metric"] in MEMORY_METRICS) == (priority == "memory")]
+    groups = [g for g in groups if g["entries"]]
     lines, wins, noise = [], {}, 0
     for group in groups:
-        keys = _varying([g["point"] for g in groups if g["workload"] == group["workload"]])
+        keys = varying([g["point"] for g in groups if g["workload"] == group["workload"]])
         text, winner, is_noise = _decision(group, keys)
         lines.append(f"- {text}")
         noise += is_noise
@@ -206,7 +202,7 @@ def recommendation(doc: dict[str, Any], priority: str) -> list[str]:
     elif not groups:
         lines.append(f"- No successful cases for {', '.join(workloads)}: nothing to recommend.")
     for case in doc["cases"]:
-        if case["workload"] in workloads and case["status"] != "ok":
+        if case["workload"] in workloads and case["status"] != "ok" and not is_reference(case["engine"]):
             lines.append(f"- Not compared: {case['engine']} {case['workload']} was {case['status']} "
                          f"({(case['reason'] or '')[:160]}).")
     return lines
@@ -219,15 +215,15 @@ def markdown_report(doc: dict[str, Any], priority: str, charts: Sequence[Path] =
     gpus = "; ".join(f"{g['name']} (driver {g['driver']})" for g in env.get("gpus") or []) or "none"
     out = ["# llmdual benchmark report", "", "## Environment", "",
            f"- When: {env.get('timestamp', '?')}; Python {env.get('python', '?')} on {env.get('platform', '?')}",
-           f"- CPU: {env.get('cpu_model', '?')}, {env.get('cpu_usable', '?')} of {env.get('cpu_count', '?')} "
-           f"cores usable, threads {env.get('threads') or 'default'}, memory {env.get('memory_gb', '?')} GB",
+           (f"- CPU: {env.get('cpu_model', '?')}, {env.get('cpu_usable', '?')} of {env.get('cpu_count', '?')} "
+            f"cores usable, threads {env.get('threads') or 'default'}, memory {env.get('memory_gb', '?')} GB"),
            f"- GPUs: {gpus}", f"- Packages: {packages or '?'}", "", "## Settings", ""]
     out += [f"- {key}: `{json.dumps(value)}`" for key, value in doc["settings"].items()]
     out += ["", "## Results", ""]
     for workload in WORKLOADS:
         header, rows = workload_table(doc, workload)
         if rows:
-            out += [f"### {workload}", "", _md_table(header, rows), ""]
+            out += [f"### {workload}", "", table(header, [[c.replace("|", "\\|") for c in row] for row in rows]), ""]
     sources = sorted({c["flops"]["peak_source"] for c in doc["cases"] if (c.get("flops") or {}).get("peak_source")})
     if sources:
         out += [f"MFU is judged against: {', '.join(sources)}.", ""]
@@ -237,90 +233,6 @@ def markdown_report(doc: dict[str, Any], priority: str, charts: Sequence[Path] =
     return "\n".join(out)
 
 
-def _save(fig: Figure, path: Path) -> Path:
-    return atomic_write(path, lambda tmp: FigureCanvasAgg(fig).print_png(tmp))
-
-
-def _colors(doc: dict[str, Any]) -> dict[str, str]:
-    frameworks = sorted({c["framework"] for c in doc["cases"]})
-    return {fw: f"C{i % 10}" for i, fw in enumerate(frameworks)}
-
-
-def _caption(doc: dict[str, Any], point: dict[str, Any]) -> str:
-    """What a chart measured: preset, batch, sequence, device, precision and threads."""
-    settings, threads = doc["settings"], doc["env"].get("threads")
-    parts = [f"{settings['preset']}" if settings.get("preset") else None,
-             f"batch {point['batch_size']}" if "batch_size" in point else None,
-             f"seq {point['seq_len']}" if "seq_len" in point else None,
-             " ".join(str(point[k]) for k in ("device", "dtype") if k in point) or None,
-             f"{threads} threads" if threads else None]
-    return ", ".join(p for p in parts if p)
-
-
-def plot_throughput(doc: dict[str, Any], out_dir: Path) -> list[Path]:
-    """One PNG per workload: the headline metric per engine (median, 95% CI error bars), one panel per point."""
-    colors, paths = _colors(doc), []
-    for workload in WORKLOADS:
-        metric = WORKLOAD_METRICS[workload][0]
-        groups = [g for g in doc["summary"]["groups"] if g["workload"] == workload and g["metric"] == metric]
-        if not groups:
-            continue
-        fig = Figure(figsize=(max(5.0, 2.0 + 1.2 * max(len(g["entries"]) for g in groups)) * len(groups), 4.5))
-        for ax, group in zip(fig.subplots(1, len(groups), squeeze=False)[0], groups):
-            cases = [doc["cases"][e["case"]] for e in group["entries"]]
-            medians = [c["stats"][metric]["median"] for c in cases]
-            errors = [[m - c["stats"][metric]["ci_low"] for m, c in zip(medians, cases)],
-                      [c["stats"][metric]["ci_high"] - m for m, c in zip(medians, cases)]]
-            ax.bar(range(len(cases)), medians, yerr=errors, capsize=4, color=[colors[c["framework"]] for c in cases])
-            ax.set_xticks(range(len(cases)), [c["engine"] for c in cases], rotation=30, ha="right")
-            ax.set_ylabel(f"{_metric(metric).label} ({_metric(metric).unit})")
-            ax.set_title(f"{workload}: {_caption(doc, group['point'])}", fontsize="medium")
-            frameworks = sorted({c["framework"] for c in cases})
-            ax.legend(handles=[Patch(color=colors[fw], label=fw) for fw in frameworks], fontsize="small",
-                      title="median, 95% CI", title_fontsize="small")
-        fig.tight_layout()
-        paths.append(_save(fig, out_dir / f"throughput_{workload}.png"))
-    return paths
-
-
-def plot_sweeps(doc: dict[str, Any], out_dir: Path) -> list[Path]:
-    """Headline metric against batch size or sequence length, one line per engine, where a sweep was run."""
-    paths = []
-    for workload in WORKLOADS:
-        metric = WORKLOAD_METRICS[workload][0]
-        groups = [g for g in doc["summary"]["groups"] if g["workload"] == workload and g["metric"] == metric]
-        for axis in (k for k in ("batch_size", "seq_len") if k in _varying([g["point"] for g in groups])):
-            series: dict[str, list[tuple[float, dict[str, Any]]]] = {}
-            others = [k for k in _varying([g["point"] for g in groups]) if k != axis]
-            for group in groups:
-                for entry in group["entries"]:
-                    label = entry["engine"] + (f" ({_point_label(group['point'], others)})" if others else "")
-                    series.setdefault(label, []).append((group["point"][axis], doc["cases"][entry["case"]]))
-            fig = Figure(figsize=(7, 4.5))
-            ax = fig.subplots()
-            for label, points in sorted(series.items()):
-                points.sort(key=lambda xc: xc[0])
-                xs, st = [x for x, _ in points], [c["stats"][metric] for _, c in points]
-                ys = [s["median"] for s in st]
-                ax.errorbar(xs, ys, yerr=[[y - s["ci_low"] for y, s in zip(ys, st)],
-                                          [s["ci_high"] - y for y, s in zip(ys, st)]],
-                            marker="o", capsize=3, label=label)
-            ax.set_xscale("log", base=2)
-            ax.set_xlabel(axis)
-            ax.set_ylabel(f"{_metric(metric).label} ({_metric(metric).unit})")
-            ax.set_title(f"{workload}: {_metric(metric).label} vs {axis}")
-            ax.legend(fontsize="small")
-            fig.tight_layout()
-            paths.append(_save(fig, out_dir / f"sweep_{workload}_{axis}.png"))
-    return paths
-
-
-def write_report(doc: dict[str, Any], out_dir: str | Path, priority: str) -> list[Path]:
-    """Write the charts and ``report.md`` (which links them) into ``out_dir``; returns every path written."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    charts = plot_throughput(doc, out_dir) + plot_sweeps(doc, out_dir)
-    md = out_dir / "report.md"
-    text = markdown_report(doc, priority, charts)
-    atomic_write(md, lambda tmp: Path(tmp).write_text(text))
-    return [md, *charts]
+def write_report(doc: dict[str, Any], out_dir: str | Path, priority: str, charts: Sequence[Path] = ()) -> Path:
+    """Write ``report.md`` (linking ``charts``) into ``out_dir``."""
+    return write_text(Path(out_dir) / "report.md", markdown_report(doc, priority, charts))

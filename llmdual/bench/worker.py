@@ -1,11 +1,8 @@
-"""The benchmark worker: runs cases of one engine in this (fresh) process, following the runner's contract.
+"""The one worker: runs the cases of one engine in this fresh process and writes one record per case.
 
-``python -m llmdual.bench.worker --case-json JSON --result PATH [--case-json JSON --result PATH ...]`` (see
-:mod:`llmdual.bench.runner`): the engine's framework is imported once, a matmul probe measures the process's
-peak FLOP/s (``probe_flops``, reported with every case), then each case is built, checked against the
-PyTorch reference and timed by :func:`llmdual.bench.workloads.run`, and its result file written (atomically)
-as soon as it ends. An exception inside a case is that case's ``failed`` result, naming the error and where
-it was raised; the remaining cases still run.
+``python -m llmdual.bench.worker --case-json JSON --result PATH [...]``: the engine is opened once, a matmul probe
+measures the process's peak FLOP/s, then each case is checked and timed (:func:`llmdual.bench.workloads.run`) and
+its record written atomically as it ends. An exception is that case's ``failed`` record; the others still run.
 """
 
 from __future__ import annotations
@@ -19,23 +16,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from llmdual.bench.results import ENGINES
-from llmdual.files import atomic_write
+from llmdual.bench.engines import ENGINES
+from llmdual.bench.results import Record
+from llmdual.io import atomic_write
 
 
-def _failure(error: BaseException) -> dict[str, Any]:
-    """A ``failed`` result naming the exception and the line that raised it (traceback on stderr)."""
+def _failure(case: dict[str, Any], error: BaseException) -> Record:
+    """A ``failed`` record naming the exception and the line that raised it (traceback on stderr)."""
     traceback.print_exception(error)
     where = traceback.extract_tb(error.__traceback__)[-1] if error.__traceback__ else None
     place = f" ({Path(where.filename).name}:{where.lineno})" if where else ""
     message = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    return {"status": "failed", "reason": f"{type(error).__name__}: {message[:400]}{place}",
-            "measurements": {}, "scalars": {}}
-
-
-def _write(path: str, result: dict[str, Any]) -> None:
-    text = json.dumps(result, allow_nan=False)
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    return Record(case["engine"], case["workload"], case["settings"], "failed",
+                  f"{type(error).__name__}: {message[:400]}{place}")
 
 
 def run_cases(cases: Sequence[dict[str, Any]], result_paths: Sequence[str]) -> None:
@@ -43,29 +36,30 @@ def run_cases(cases: Sequence[dict[str, Any]], result_paths: Sequence[str]) -> N
     from llmdual.bench import workloads
     from llmdual.bench.engines import open_engine
 
-    engine, probe_flops, opened = None, None, None
+    runtime, probe_flops, opened = None, None, None
     try:
-        engine = open_engine(cases[0]["engine"], cases[0]["settings"])
-        probe_flops = engine.probe_flops()
-        engine.prefetch([(c["settings"], workloads.TASKS[c["workload"]], c["workload"] == "generate")
-                         for c in cases if c["workload"] in workloads.TASKS])
-    except Exception as error:  # the engine cannot start here: every case says why
-        opened = _failure(error)
+        runtime = open_engine(cases[0]["engine"], cases[0]["settings"])
+        probe_flops = runtime.probe_flops()
+        runtime.prefetch([(c["settings"], workloads.TASKS[c["workload"]], c["workload"] == "generate")
+                          for c in cases if c["workload"] in workloads.TASKS])
+    except Exception as error:  # noqa: BLE001 -- the engine cannot start here: every case says why
+        opened = error
     for case, path in zip(cases, result_paths):
         if opened is not None:
-            result = opened
+            record = _failure(case, opened)
         else:
             try:
-                result = workloads.run(engine, case["workload"], case["settings"]).to_dict()
-                result["scalars"]["probe_flops"] = probe_flops
-            except Exception as error:
-                result = _failure(error)
-        _write(path, result)
+                record = workloads.run(runtime, case["engine"], case["workload"], case["settings"])
+                record.scalars["probe_flops"] = probe_flops
+            except Exception as error:  # noqa: BLE001 -- any failure of a case is its record
+                record = _failure(case, error)
+        text = json.dumps(record.to_dict(), allow_nan=False)
+        atomic_write(path, lambda tmp, text=text: Path(tmp).write_text(text))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the ``--case-json``/``--result`` pairs, fix the Keras backend before Keras loads, run them."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description="run benchmark cases of one engine in this process")
     parser.add_argument("--case-json", action="append", required=True, help="a case as JSON (repeatable)")
     parser.add_argument("--result", action="append", required=True, help="its result file (one per case)")
     args = parser.parse_args(argv)

@@ -1,1 +1,78 @@
-"""Keras 3 backend: GPT-2 LM and classifier as ``keras.Model``s, and their canonical-weight converter."""
+"""Keras 3 backend: GPT-2 LM and classifier, implementing llmdual.contract.Backend (see there) function for
+function; mirrors ``llmdual/torch_backend/__init__.py``."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from llmdual.contract import quiet_tensorflow
+
+
+@contextlib.contextmanager
+def _stderr_silenced() -> Iterator[None]:
+    """Send file descriptor 2 to /dev/null: TensorFlow's libraries print their start-up lines (absl's
+    "InitializeLog", oneDNN, CPU features) from C++ before any log level applies, once per library."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+quiet_tensorflow()
+if (os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow" and "tensorflow" not in sys.modules
+        and os.environ["TF_CPP_MIN_LOG_LEVEL"] != "0"):
+    with _stderr_silenced():
+        import tensorflow  # noqa: F401  (imported here, quietly, before Keras imports it)
+
+from llmdual.keras_backend.api import (  # noqa: E402
+    NAME,
+    build,
+    forward,
+    intermediates,
+    loss_and_grads,
+)
+from llmdual.keras_backend.decode import decoder  # noqa: E402
+from llmdual.keras_backend.train import train, trainer  # noqa: E402
+from llmdual.keras_backend.weights import get_weights, set_weights  # noqa: E402
+
+if TYPE_CHECKING:
+    import keras
+
+
+def onnx_graph(model: keras.Model, sig: Any, example: dict[str, np.ndarray], opset: int, dynamic: bool) -> Any:
+    """The ``onnx.ModelProto`` of ``model`` with ``sig``'s inputs and outputs, traced on ``example``."""
+    from llmdual.keras_backend import export  # needs the onnx extra: imported on first export only
+
+    return export.graph(model, sig, example, opset, dynamic)
+
+
+def onnx_opsets() -> range:
+    """The opsets this backend's ONNX exporter can emit."""
+    from llmdual.keras_backend import export
+
+    return export.OPSETS
+
+
+def run_signature(model: keras.Model, sig: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """The native model's outputs for an export signature's feeds, in its output order (the verification reference)."""
+    from llmdual.keras_backend import export
+
+    return export.run(model, sig, feeds)
+
+
+__all__ = [
+    "NAME", "build", "decoder", "forward", "get_weights", "intermediates", "loss_and_grads", "onnx_graph",
+    "onnx_opsets", "run_signature", "set_weights", "train", "trainer",
+]

@@ -7,9 +7,11 @@ import numpy as np
 from keras import ops
 
 from llmdual.config import Config
-from llmdual.keras_backend import weights as _weights
 from llmdual.keras_backend.model import GPT, Classifier, cross_entropy
+from llmdual.keras_backend.weights import canonical_shapes, stored_transposed, variable
+from llmdual.validate import check_labels, index_array
 
+NAME = "keras"
 MODELS = {"lm": GPT, "classifier": Classifier}
 
 
@@ -21,7 +23,7 @@ def build(config: Config, task: str) -> keras.Model:
 
 
 def _tensor(array: np.ndarray | None):
-    return None if array is None else ops.convert_to_tensor(np.asarray(array, dtype=np.int64))
+    return None if array is None else ops.convert_to_tensor(index_array(array))
 
 
 def forward(model: keras.Model, input_ids: np.ndarray, attention_mask: np.ndarray | None = None) -> np.ndarray:
@@ -34,8 +36,9 @@ def loss_and_grads(
     model: keras.Model, input_ids: np.ndarray, targets: np.ndarray, attention_mask: np.ndarray | None = None
 ) -> tuple[float, dict[str, np.ndarray]]:
     """Cross-entropy loss (dropout off) and its gradient w.r.t. every canonical weight, canonical layout."""
-    names = list(_weights.canonical_shapes(model.config, model.task))
-    variables = [_weights.variable(model, n) for n in names]
+    check_labels(targets, model.task, np.shape(input_ids), model.config)  # the ids are checked by the model
+    names = list(canonical_shapes(model.config, model.task))
+    variables = [variable(model, n) for n in names]
     ids, mask, y = _tensor(input_ids), _tensor(attention_mask), _tensor(targets)
 
     def loss_fn():
@@ -45,7 +48,7 @@ def loss_and_grads(
     out = {}
     for name, g in zip(names, grads):
         g = np.asarray(ops.convert_to_numpy(g), dtype=np.float32)
-        out[name] = np.ascontiguousarray(g.T if _weights.stored_transposed(name) else g)
+        out[name] = np.ascontiguousarray(g.T if stored_transposed(name) else g)
     return float(ops.convert_to_numpy(loss)), out
 
 
@@ -83,3 +86,4 @@ def intermediates(model: keras.Model, input_ids: np.ndarray, attention_mask: np.
     trace: list = []
     model.hidden(_tensor(input_ids), _tensor(attention_mask), trace=trace, training=False)
     return [np.asarray(ops.convert_to_numpy(t), dtype=np.float32) for t in trace]
+

@@ -1,4 +1,4 @@
-"""Decoding steps for a Keras GPT behind ``llmdual.generate.Decoder``. Mirrors ``llmdual/torch_backend/decode.py``.
+"""Decoding steps for a Keras GPT behind ``llmdual.decoding.Decoder``. Mirrors ``llmdual/torch_backend/decode.py``.
 
 Numpy in, numpy out: ids and the attention mask (past + new tokens) go in, the last position's float32 logits
 come out with an opaque state (the KV cache, or the ids so far when recomputing). Left padding is handled by
@@ -13,8 +13,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from llmdual.generate import StepDecoder, padded_positions
-from llmdual.inputs import check_inputs
+from llmdual.decoding import StepDecoder, padded_positions
+from llmdual.validate import index_array
 
 
 class Decoder(StepDecoder):
@@ -31,7 +31,6 @@ class Decoder(StepDecoder):
         """One ``forward_cached`` call: mask and positions only when some row is padded."""
         positions = padded_positions(mask, ids.shape[1])
         padded = positions is not None
-        check_inputs(ids, self.model.config, 0 if past is None else int(ops.shape(past[0][0])[2]), not padded)
         logits, present = self._forward(
             self._tensor(ids), past, self._tensor(mask) if padded else None, self._tensor(positions)
         )
@@ -39,14 +38,14 @@ class Decoder(StepDecoder):
         return last, (present if self.use_cache else ids)
 
     def _tensor(self, array: np.ndarray | None):
-        return None if array is None else ops.convert_to_tensor(np.asarray(array, dtype=np.int64))
+        return None if array is None else ops.convert_to_tensor(index_array(array))
 
 
 def compiled(model: keras.Model):
     """The model's ``forward_cached`` as a TensorFlow graph function on the TensorFlow backend, made once per
     model and kept on it so every ``generate`` call reuses its traces (shapes relaxed after a second trace, so
-    growing caches share one graph); the plain method on other backends. Inputs are checked eagerly by the
-    caller, since a graph cannot look at their values."""
+    growing caches share one graph); the plain method on other backends. A graph cannot look at its inputs'
+    values, so the graph's caller runs the model's eager ``check_inputs`` on them first."""
     if keras.backend.backend() != "tensorflow":
         return model.forward_cached
     graph = getattr(model, "_decode_graph", None)
@@ -54,4 +53,14 @@ def compiled(model: keras.Model):
         import tensorflow as tf
 
         graph = model._decode_graph = tf.function(model.forward_cached, reduce_retracing=True)
-    return graph
+
+    def checked(input_ids, past_key_values=None, attention_mask=None, position_ids=None):
+        model.check_inputs(input_ids, attention_mask, past_key_values, position_ids)
+        return graph(input_ids, past_key_values, attention_mask, position_ids)
+
+    return checked
+
+
+def decoder(model: keras.Model, use_cache: bool = True) -> Decoder:
+    """The contract's decoder: prefill and step ``model`` with its KV cache (``use_cache``) or by recomputing."""
+    return Decoder(model, use_cache)

@@ -1,5 +1,5 @@
 """ONNX graphs of the Keras models with tf2onnx (a ``tf.function`` of the model, converted). Mirrors
-``llmdual/torch_backend/export.py``; ``llmdual/onnx_export.py`` names, checks and verifies the result."""
+``llmdual/torch_backend/export.py``; ``llmdual.onnx.export`` names, checks and verifies the result."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from keras import ops
 from llmdual.keras_backend.api import forward
 
 if TYPE_CHECKING:
-    from llmdual.onnx_export import Signature
+    from llmdual.onnx.export import Signature
 
 OPSETS = range(11, 19)  # tf2onnx 1.17 converts this model's ops from opset 11 (StridedSlice) up to 18, its newest
 
@@ -32,7 +32,7 @@ def outputs(model: keras.Model, kv_cache: bool, inputs: list) -> list:
     return [model(*inputs, training=False)]
 
 
-def export(
+def graph(
     model: keras.Model, sig: Signature, example: dict[str, np.ndarray], opset: int, dynamic: bool
 ) -> onnx.ModelProto:
     """The ONNX graph of ``model`` with ``sig``'s inputs and outputs, traced on ``example``."""

@@ -10,8 +10,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from llmdual import validate
 from llmdual.config import Config
-from llmdual.inputs import check_inputs
 
 NEG_INF = -1e9  # finite "minus infinity": exp() underflows to exactly 0 in fp32, like -inf, without NaN risk
 
@@ -25,7 +25,7 @@ class Attention(keras.layers.Layer):
         self.n_heads = config.n_heads
         self.c_attn = keras.layers.Dense(3 * C, name="c_attn")
         self.c_proj = keras.layers.Dense(C, name="c_proj")
-        self.attn_dropout = keras.layers.Dropout(config.dropout)
+        self.attn_dropout = keras.layers.Dropout(config.dropout)  # on the attention probabilities
         self.resid_dropout = keras.layers.Dropout(config.dropout)
 
     def build(self, input_shape):
@@ -116,13 +116,22 @@ class Transformer(keras.Model):
     def get_config(self):
         return {**super().get_config(), "config": self.config.to_dict()}
 
+    def check_inputs(self, input_ids, attention_mask=None, past=None, position_ids=None) -> None:
+        """Refuse bad ids, mask or length with ``llmdual.validate`` (eager only: traced values are unknown)."""
+        ids = _concrete(input_ids)
+        if ids is not None:
+            past_len = 0 if past is None else int(ops.shape(past[0][0])[2])
+            try:
+                validate.check_inputs(ids, self.config, _concrete(attention_mask), past_len, _concrete(position_ids))
+            except ValueError as err:
+                err._keras_call_info_injected = True  # Keras' marker: raise the message as is, as the others do
+                raise
+
     def hidden(self, input_ids, attention_mask=None, past=None, position_ids=None, trace=None, training=None):
         """Final-normed hidden states (B, T, C) and the per-layer (k, v) cache."""
+        self.check_inputs(input_ids, attention_mask, past, position_ids)
         T = ops.shape(input_ids)[1]
         past_len = 0 if past is None else ops.shape(past[0][0])[2]
-        concrete = _concrete(input_ids)
-        if concrete is not None:
-            check_inputs(concrete, self.config, int(past_len), position_ids is None)
         if position_ids is None:
             position_ids = ops.expand_dims(ops.arange(past_len, past_len + T), 0)
         attn_mask = attention_bias(attention_mask, T, past_len, self.causal)
@@ -235,10 +244,12 @@ def _unpack(input_ids, attention_mask):
 
 
 def _concrete(x):
-    """The numpy value of ``x`` when it has one (eager), else None (inside a traced graph or jit)."""
+    """The numpy value of ``x`` when it has one (eager), else None (None, or inside a traced graph or jit)."""
+    if x is None:
+        return None
     try:
         return np.asarray(ops.convert_to_numpy(x))
-    except Exception:  # symbolic tensors of every backend raise here, each with its own error type
+    except Exception:  # noqa: BLE001  (symbolic tensors of every backend raise here, each its own error type)
         return None
 
 

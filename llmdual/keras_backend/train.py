@@ -18,17 +18,8 @@ from keras import ops
 from llmdual.keras_backend.api import value_and_grad
 from llmdual.keras_backend.model import cross_entropy
 from llmdual.keras_backend.weights import stored_transposed, variable
-from llmdual.training import (
-    Batch,
-    BatchFn,
-    History,
-    Monitor,
-    TrainConfig,
-    check_batch,
-    lr_at,
-    micro_weights,
-    restore_checkpoint,
-)
+from llmdual.recipe import Batch, BatchFn, History, TrainConfig, check_batch, lr_at, micro_weights
+from llmdual.training import Monitor, check_moments, restore_run_state
 from llmdual.weights import canonical_shapes
 
 
@@ -102,12 +93,14 @@ def moments(optimizer: AdamW, model: keras.Model) -> dict[str, np.ndarray]:
         index = optimizer._get_variable_index(p)
         for key, slots in (("m", optimizer._momentums), ("v", optimizer._velocities)):
             value = np.asarray(ops.convert_to_numpy(slots[index]), dtype=np.float32)
-            out[f"{key}.{name}"] = np.ascontiguousarray(value.T if stored_transposed(name) else value)
+            out[f"{key}.{name}"] = np.array(value.T if stored_transposed(name) else value, order="C")  # a copy
     return out
 
 
 def load_moments(optimizer: AdamW, model: keras.Model, state: dict[str, np.ndarray], step: int) -> None:
-    """Restore the moments written by ``moments`` and the step count their bias correction needs."""
+    """Restore the moments written by ``moments`` and the step count their bias correction needs; ``ValueError``
+    (``check_moments``) before the optimizer is touched if a name, shape or dtype does not fit."""
+    state = check_moments(state, model.config, model.task)
     for name, p in parameters(model).items():
         index = optimizer._get_variable_index(p)
         for key, slots in (("m", optimizer._momentums), ("v", optimizer._velocities)):
@@ -116,15 +109,21 @@ def load_moments(optimizer: AdamW, model: keras.Model, state: dict[str, np.ndarr
     optimizer.iterations.assign(step)
 
 
+def check_precision(precision: str, model: keras.Model) -> str:
+    """``precision`` if the model can train in it here: fp16 needs a GPU visible to Keras' TensorFlow backend
+    (other Keras backends: refused), bf16 and fp32 run anywhere."""
+    if precision == "fp16" and not _gpus():
+        raise ValueError("precision 'fp16' needs a GPU (none visible to Keras); use precision 'bf16' or 'fp32'")
+    return precision
+
+
 @contextlib.contextmanager
 def precision_context(precision: str, model: keras.Model) -> Iterator[None]:
-    """Switch every layer to the mixed policy for ``precision`` while training (variables stay float32);
+    """Run the model's forward pass in ``precision`` (every layer on the mixed policy; variables stay float32);
     fp16 needs a GPU."""
-    if precision == "fp32":
+    if check_precision(precision, model) == "fp32":
         yield
         return
-    if precision == "fp16" and not any(d.device_type == "GPU" for d in keras_devices()):
-        raise ValueError("precision 'fp16' needs a GPU (none visible to Keras); use precision 'bf16' or 'fp32'")
     layers = list(model._flatten_layers(include_self=True, recursive=True))
     saved = [layer.dtype_policy for layer in layers]
     for layer in layers:
@@ -136,28 +135,29 @@ def precision_context(precision: str, model: keras.Model) -> Iterator[None]:
             layer.dtype_policy = policy
 
 
-def keras_devices() -> list:
-    """Physical devices of Keras' TensorFlow backend (other backends: none, so fp16 is refused there)."""
+def _gpus() -> list:
+    """GPUs of Keras' TensorFlow backend (other backends: none, so fp16 is refused there)."""
     if keras.backend.backend() != "tensorflow":
         return []
     import tensorflow as tf
 
-    return tf.config.list_physical_devices()
+    return tf.config.list_physical_devices("GPU")
 
 
 class Trainer(keras.Model):
-    """Wraps an llmdual model so ``fit`` (and ``step``) run one AdamW step per batch with gradient accumulation.
+    """One AdamW step at a time on a model: the optimizer, its step count (from ``start``: the schedule's position
+    and AdamW's bias correction), the training precision and, for fp16, a ``LossScaleOptimizer`` around the
+    optimizer. A ``keras.Model`` so that ``fit`` (and ``step``) run one step per batch (``cfg.jit_compile``)."""
 
-    Compiled at construction with ``optimizer`` (wrapped in loss scaling for fp16) and ``cfg.jit_compile``.
-    """
-
-    def __init__(self, network: keras.Model, cfg: TrainConfig, optimizer: AdamW | None = None, **kwargs):
-        super().__init__(**kwargs)
-        self.network, self.cfg = network, cfg
-        self.params = list(parameters(network).values())
+    def __init__(self, model: keras.Model, cfg: TrainConfig, optimizer: AdamW | None = None, start: int = 0):
+        super().__init__()
+        self.model, self.cfg = model, cfg
+        self.params = list(parameters(model).values())
         self.built = True
-        optimizer = make_optimizer(network, cfg) if optimizer is None else optimizer
-        fp16 = cfg.precision == "fp16"
+        optimizer = make_optimizer(model, cfg) if optimizer is None else optimizer
+        if start:
+            optimizer.iterations.assign(start)
+        fp16 = check_precision(cfg.precision, model) == "fp16"
         self.compile(optimizer=keras.optimizers.LossScaleOptimizer(optimizer) if fp16 else optimizer,
                      jit_compile=cfg.jit_compile)
 
@@ -183,8 +183,9 @@ class Trainer(keras.Model):
         for i in range(k):
             part = slice(i * rows, (i + 1) * rows)
 
-            def loss_fn():
-                logits = self.network(ids[part], None if mask is None else mask[part], training=True)
+            def loss_fn(part=part, i=i):  # this micro-batch's rows and weight, bound explicitly
+                with precision_context(self.cfg.precision, self.model):  # applies while the step is traced
+                    logits = self.model(ids[part], None if mask is None else mask[part], training=True)
                 return self.optimizer.scale_loss(cross_entropy(logits, targets[part]) * weights[i])
 
             loss, g = value_and_grad(loss_fn, self.params)
@@ -215,13 +216,13 @@ class Trainer(keras.Model):
     def step(self, batch: Batch) -> tuple[float, float]:
         """One optimizer step on a numpy ``batch`` (split into ``grad_accum`` micro-batches) at the schedule's
         learning rate; returns (loss, pre-clip global gradient norm)."""
-        logs = self.train_on_batch(step_inputs(batch, self.cfg, self.network.task), return_dict=True)
+        logs = self.train_on_batch(step_inputs(batch, self.cfg, self.model), return_dict=True)
         return float(logs["loss"]), float(logs["grad_norm"])
 
 
-def step_inputs(batch: Batch, cfg: TrainConfig, task: str) -> dict[str, np.ndarray]:
+def step_inputs(batch: Batch, cfg: TrainConfig, model: keras.Model) -> dict[str, np.ndarray]:
     """A numpy batch as ``Trainer.train_step`` takes it: ids, targets, micro-batch weights (and the mask)."""
-    ids, *mask, targets = check_batch(batch, task, cfg)
+    ids, *mask, targets = check_batch(batch, model.task, cfg, config=model.config)
     out = {"ids": ids, "targets": targets, "weights": micro_weights(targets, cfg.grad_accum)}
     return {**out, "mask": mask[0]} if mask else out
 
@@ -229,19 +230,19 @@ def step_inputs(batch: Batch, cfg: TrainConfig, task: str) -> dict[str, np.ndarr
 class Batches(keras.utils.PyDataset):
     """Steps ``start .. cfg.steps - 1`` of ``get_batch`` in order, as ``fit`` consumes them."""
 
-    def __init__(self, get_batch: BatchFn, cfg: TrainConfig, task: str, start: int):
+    def __init__(self, get_batch: BatchFn, cfg: TrainConfig, model: keras.Model, start: int):
         super().__init__()
-        self.get_batch, self.cfg, self.task, self.start = get_batch, cfg, task, start
+        self.get_batch, self.cfg, self.model, self.start = get_batch, cfg, model, start
 
     def __len__(self) -> int:
         return self.cfg.steps - self.start
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-        return step_inputs(self.get_batch(self.start + index), self.cfg, self.task)
+        return step_inputs(self.get_batch(self.start + index), self.cfg, self.model)
 
 
 class StepMonitor(keras.callbacks.Callback):
-    """Hands every finished step to the shared ``Monitor`` (history, progress bar, evaluation, checkpoints)."""
+    """Hands every finished step to the shared ``Monitor`` (history, progress bar, evaluation, run state)."""
 
     def __init__(self, monitor: Monitor, cfg: TrainConfig, start: int, tokens: int):
         super().__init__()
@@ -252,30 +253,34 @@ class StepMonitor(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         step = self.start + batch
-        reads_weights = self.monitor.evaluating(step) or self.monitor.checkpointing(step)
+        reads_weights = self.monitor.evaluating(step) or self.monitor.saving_run_state(step)
         if reads_weights and hasattr(self.model, "jax_state_sync"):
             self.model.jax_state_sync()  # on JAX, fit keeps the values in its own state until synced
         self.monitor.step_end(step, float(logs["loss"]), float(lr_at(step, self.cfg)), float(logs["grad_norm"]),
                               self.tokens)
 
 
+def trainer(model: keras.Model, cfg: TrainConfig, optimizer: AdamW | None = None, start: int = 0) -> Trainer:
+    """The contract's trainer: one AdamW step at a time on ``model``, continuing from optimizer step ``start``."""
+    return Trainer(model, cfg, optimizer, start)
+
+
 def train(model: keras.Model, get_batch: BatchFn, cfg: TrainConfig, val: Sequence[Batch],
           resume: str | Path | None = None) -> History:
-    """Run steps ``start .. cfg.steps - 1`` (``start`` from ``resume``'s checkpoint, else 0); return the history."""
+    """Run steps ``start .. cfg.steps - 1`` (``start`` from ``resume``'s run state, else 0); return the history."""
     if keras.backend.backend() == "jax" and model.config.dropout > 0:
         raise ValueError("Keras training on the JAX backend supports dropout 0 only (its stateless step does not "
                          "carry the dropout seed); set Config.dropout=0 or KERAS_BACKEND=tensorflow or torch")
-    with precision_context(cfg.precision, model):
-        optimizer = make_optimizer(model, cfg)
-        start, history = 0, History("keras")
-        if resume is not None:
-            start, state, history = restore_checkpoint(model, resume)
-            load_moments(optimizer, model, state, start)
-        monitor = Monitor(model, cfg, val, history, start, lambda: moments(optimizer, model))
-        if start == cfg.steps:
-            return history
-        trainer = Trainer(model, cfg, optimizer)
-        tokens = check_batch(get_batch(start), model.task, cfg)[0].size
-        trainer.fit(Batches(get_batch, cfg, model.task, start), epochs=1, shuffle=False, verbose=0,
-                    callbacks=[StepMonitor(monitor, cfg, start, tokens)])
+    optimizer = make_optimizer(model, cfg)
+    start, history = 0, History("keras")
+    if resume is not None:
+        start, state, history = restore_run_state(model, resume)
+        load_moments(optimizer, model, state, start)
+    trainer = Trainer(model, cfg, optimizer, start)
+    monitor = Monitor(model, cfg, val, history, start, lambda: moments(optimizer, model))
+    if start == cfg.steps:
+        return history
+    tokens = check_batch(get_batch(start), model.task, cfg, config=model.config)[0].size
+    trainer.fit(Batches(get_batch, cfg, model, start), epochs=1, shuffle=False, verbose=0,
+                callbacks=[StepMonitor(monitor, cfg, start, tokens)])
     return history

@@ -33,11 +33,12 @@ def variable(model: keras.Model, name: str) -> keras.Variable:
 
 
 def get_weights(model: keras.Model) -> dict[str, np.ndarray]:
-    """Canonical name -> float32 numpy copy of every variable."""
+    """Canonical name -> float32 numpy copy of every variable (a copy: a backend's numpy view of a variable may
+    share the buffer it updates in place)."""
     weights = {}
     for name in canonical_shapes(model.config, model.task):
         value = np.asarray(ops.convert_to_numpy(variable(model, name)), dtype=np.float32)
-        weights[name] = np.ascontiguousarray(value.T if stored_transposed(name) else value)
+        weights[name] = np.array(value.T if stored_transposed(name) else value, order="C")
     return weights
 
 

@@ -1,1 +1,47 @@
-"""PyTorch backend: GPT-2 LM and classifier as ``nn.Module``s, and their canonical-weight converter."""
+"""PyTorch backend: GPT-2 LM and classifier, implementing llmdual.contract.Backend (see there) function for
+function; mirrors ``llmdual/keras_backend/__init__.py``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from llmdual.torch_backend.api import (
+    NAME,
+    build,
+    forward,
+    intermediates,
+    loss_and_grads,
+)
+from llmdual.torch_backend.decode import decoder
+from llmdual.torch_backend.train import train, trainer
+from llmdual.torch_backend.weights import get_weights, set_weights
+
+
+def onnx_graph(model: nn.Module, sig: Any, example: dict[str, np.ndarray], opset: int, dynamic: bool) -> Any:
+    """The ``onnx.ModelProto`` of ``model`` with ``sig``'s inputs and outputs, traced on ``example``."""
+    from llmdual.torch_backend import export  # needs the onnx extra: imported on first export only
+
+    return export.graph(model, sig, example, opset, dynamic)
+
+
+def onnx_opsets() -> range:
+    """The opsets this backend's ONNX exporter can emit."""
+    from llmdual.torch_backend import export
+
+    return export.OPSETS
+
+
+def run_signature(model: nn.Module, sig: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """The native model's outputs for an export signature's feeds, in its output order (the verification reference)."""
+    from llmdual.torch_backend import export
+
+    return export.run(model, sig, feeds)
+
+
+__all__ = [
+    "NAME", "build", "decoder", "forward", "get_weights", "intermediates", "loss_and_grads", "onnx_graph",
+    "onnx_opsets", "run_signature", "set_weights", "train", "trainer",
+]

@@ -7,9 +7,11 @@ import torch
 from torch import nn
 
 from llmdual.config import Config
-from llmdual.torch_backend import weights as _weights
 from llmdual.torch_backend.model import GPT, Classifier, cross_entropy
+from llmdual.torch_backend.weights import canonical_shapes, stored_transposed
+from llmdual.validate import check_labels, index_array
 
+NAME = "torch"
 MODELS = {"lm": GPT, "classifier": Classifier}
 
 
@@ -20,7 +22,7 @@ def build(config: Config, task: str) -> nn.Module:
 
 def _tensor(model: nn.Module, array: np.ndarray | None) -> torch.Tensor | None:
     device = next(model.parameters()).device
-    return None if array is None else torch.as_tensor(np.asarray(array, dtype=np.int64), device=device)
+    return None if array is None else torch.as_tensor(index_array(array), device=device)
 
 
 def forward(model: nn.Module, input_ids: np.ndarray, attention_mask: np.ndarray | None = None) -> np.ndarray:
@@ -39,6 +41,7 @@ def loss_and_grads(
     model: nn.Module, input_ids: np.ndarray, targets: np.ndarray, attention_mask: np.ndarray | None = None
 ) -> tuple[float, dict[str, np.ndarray]]:
     """Cross-entropy loss (dropout off) and its gradient w.r.t. every canonical weight, canonical layout."""
+    check_labels(targets, model.task, np.shape(input_ids), model.config)  # the ids are checked by the model
     was_training = model.training
     model.eval()
     model.zero_grad(set_to_none=True)
@@ -48,10 +51,10 @@ def loss_and_grads(
     finally:
         model.train(was_training)
     grads = {}
-    for name in _weights.canonical_shapes(model.config, model.task):
+    for name in canonical_shapes(model.config, model.task):
         g = model.get_parameter(name).grad
         g = np.zeros(model.get_parameter(name).shape, np.float32) if g is None else g.float().cpu().numpy()
-        grads[name] = np.ascontiguousarray(g.T if _weights.stored_transposed(name) else g)
+        grads[name] = np.ascontiguousarray(g.T if stored_transposed(name) else g)
     model.zero_grad(set_to_none=True)
     return float(loss.detach()), grads
 
@@ -67,3 +70,4 @@ def intermediates(model: nn.Module, input_ids: np.ndarray, attention_mask: np.nd
     finally:
         model.train(was_training)
     return [t.float().cpu().numpy() for t in trace]
+

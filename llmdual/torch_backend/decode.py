@@ -1,4 +1,4 @@
-"""Decoding steps for a PyTorch GPT behind ``llmdual.generate.Decoder``. Mirrors ``llmdual/keras_backend/decode.py``.
+"""Decoding steps for a PyTorch GPT behind ``llmdual.decoding.Decoder``. Mirrors ``llmdual/keras_backend/decode.py``.
 
 Numpy in, numpy out: ids and the attention mask (past + new tokens) go in, the last position's float32 logits
 come out with an opaque state (the KV cache, or the ids so far when recomputing). Left padding is handled by
@@ -11,8 +11,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from llmdual.generate import StepDecoder, padded_positions
+from llmdual.decoding import StepDecoder, padded_positions
 from llmdual.torch_backend.model import KVCache
+from llmdual.validate import index_array
 
 
 class Decoder(StepDecoder):
@@ -42,4 +43,9 @@ class Decoder(StepDecoder):
         return last, (present if self.use_cache else ids)
 
     def _tensor(self, array: np.ndarray | None) -> torch.Tensor | None:
-        return None if array is None else torch.from_numpy(np.ascontiguousarray(array, dtype=np.int64)).to(self.device)
+        return None if array is None else torch.from_numpy(np.ascontiguousarray(index_array(array))).to(self.device)
+
+
+def decoder(model: nn.Module, use_cache: bool = True) -> Decoder:
+    """The contract's decoder: prefill and step ``model`` with its KV cache (``use_cache``) or by recomputing."""
+    return Decoder(model, use_cache)

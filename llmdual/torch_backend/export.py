@@ -1,5 +1,5 @@
 """ONNX graphs of the PyTorch models with torch.onnx's dynamo exporter (torch.export, then onnxscript).
-Mirrors ``llmdual/keras_backend/export.py``; ``llmdual/onnx_export.py`` names, checks and verifies the result."""
+Mirrors ``llmdual/keras_backend/export.py``; ``llmdual.onnx.export`` names, checks and verifies the result."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from torch import nn
 from llmdual.torch_backend.api import forward
 
 if TYPE_CHECKING:
-    from llmdual.onnx_export import Signature
+    from llmdual.onnx.export import Signature
 
 OPSETS = range(18, 25)  # the dynamo exporter translates to opset 18 and newer (asked for less, it keeps 18)
 
@@ -45,7 +45,7 @@ class Graph(nn.Module):
         return tuple(outputs(self.model, self.kv_cache, list(inputs)))
 
 
-def export(
+def graph(
     model: nn.Module, sig: Signature, example: dict[str, np.ndarray], opset: int, dynamic: bool
 ) -> onnx.ModelProto:
     """The ONNX graph of ``model`` with ``sig``'s inputs and outputs, traced on ``example``."""

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llmdual import validate
 from llmdual.config import Config
-from llmdual.inputs import check_inputs
 
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -24,9 +24,9 @@ class Attention(nn.Module):
         super().__init__()
         C = config.d_model
         self.n_heads = config.n_heads
-        self.dropout = config.dropout
         self.c_attn = nn.Linear(C, 3 * C)
         self.c_proj = nn.Linear(C, C)
+        self.attn_dropout = nn.Dropout(config.dropout)  # on the attention probabilities, inside SDPA
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(self, x, attn_mask=None, causal=True, past=None):
@@ -38,10 +38,11 @@ class Attention(nn.Module):
         if past is not None:
             k = torch.cat([past[0], k], dim=2)  # (B, nh, T_past + T, hs)
             v = torch.cat([past[1], v], dim=2)
-        dropout_p = self.dropout if self.training else 0.0
+        dropout_p = self.attn_dropout.p if self.training else 0.0  # SDPA drops the probabilities itself
         if attn_mask is None:
-            # No padding: the fused causal kernel (a single new token with a cache needs no mask at all).
-            is_causal = causal and T > 1
+            # No padding: the fused causal kernel without a cache; a single new token with a cache needs no mask
+            # at all. Decided by the cache, never by T, so a compiled graph keeps the sequence length dynamic.
+            is_causal = causal and past is None
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=is_causal)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
@@ -93,12 +94,17 @@ class Transformer(nn.Module):
         self.h = nn.ModuleList([Block(config) for _ in range(config.n_layers)])
         self.ln_f = nn.LayerNorm(config.d_model, eps=config.norm_eps)
 
+    def check_inputs(self, input_ids, attention_mask=None, past=None, position_ids=None) -> None:
+        """Refuse bad ids, mask or length with ``llmdual.validate`` (eager only: traced values are unknown)."""
+        if _is_eager():
+            past_len = 0 if past is None else past[0][0].shape[2]
+            validate.check_inputs(_numpy(input_ids), self.config, _numpy(attention_mask), past_len, _numpy(position_ids))
+
     def hidden(self, input_ids, attention_mask=None, past=None, position_ids=None, trace=None):
         """Final-normed hidden states (B, T, C) and the per-layer (k, v) cache."""
-        B, T = input_ids.shape
+        self.check_inputs(input_ids, attention_mask, past, position_ids)
+        T = input_ids.shape[1]
         past_len = 0 if past is None else past[0][0].shape[2]
-        if _is_eager():
-            check_inputs(input_ids.detach().cpu().numpy(), self.config, past_len, position_ids is None)
         if position_ids is None:
             position_ids = torch.arange(past_len, past_len + T, device=input_ids.device).unsqueeze(0)
         attn_mask = attention_bias(attention_mask, T, past_len, self.causal)
@@ -167,7 +173,7 @@ def attention_bias(attention_mask, T, past_len, causal):
 
     Each query may always attend to itself, so a row is never fully masked (no NaN on padding).
     """
-    if attention_mask is None and (not causal or T == 1 or past_len == 0):
+    if attention_mask is None and (not causal or past_len == 0 or T == 1):
         return None  # plain causal or full attention: handled by the kernel's flags
     S = past_len + T
     q_pos = torch.arange(past_len, S).unsqueeze(1)
@@ -190,6 +196,11 @@ def mean_pool(x, attention_mask):
 def _is_eager() -> bool:
     """False while tracing, exporting or compiling, where input values are not available."""
     return not (torch.jit.is_tracing() or torch.compiler.is_compiling())
+
+
+def _numpy(x):
+    """A tensor's values as numpy (None stays None)."""
+    return None if x is None else x.detach().cpu().numpy()
 
 
 def cross_entropy(logits, targets):

@@ -8,26 +8,17 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from llmdual.recipe import Batch, BatchFn, History, TrainConfig, check_batch, lr_at, micro_weights
 from llmdual.torch_backend.model import cross_entropy
 from llmdual.torch_backend.weights import stored_transposed
-from llmdual.training import (
-    Batch,
-    BatchFn,
-    History,
-    Monitor,
-    TrainConfig,
-    check_batch,
-    lr_at,
-    micro_weights,
-    restore_checkpoint,
-)
+from llmdual.training import Monitor, check_moments, restore_run_state
 from llmdual.weights import canonical_shapes
 
 
@@ -54,12 +45,14 @@ def moments(optimizer: torch.optim.AdamW, model: nn.Module) -> dict[str, np.ndar
         state = optimizer.state.get(p, {})
         for key, slot in (("m", "exp_avg"), ("v", "exp_avg_sq")):
             value = state[slot].detach().float().cpu().numpy() if slot in state else np.zeros(p.shape, np.float32)
-            out[f"{key}.{name}"] = np.ascontiguousarray(value.T if stored_transposed(name) else value)
+            out[f"{key}.{name}"] = np.array(value.T if stored_transposed(name) else value, order="C")  # a copy
     return out
 
 
 def load_moments(optimizer: torch.optim.AdamW, model: nn.Module, state: dict[str, np.ndarray], step: int) -> None:
-    """Restore the moments written by ``moments`` and the step count their bias correction needs."""
+    """Restore the moments written by ``moments`` and the step count their bias correction needs; ``ValueError``
+    (``check_moments``) before the optimizer is touched if a name, shape or dtype does not fit."""
+    state = check_moments(state, model.config, model.task)
     for name, p in parameters(model).items():
         slots = {}
         for key, slot in (("m", "exp_avg"), ("v", "exp_avg_sq")):
@@ -68,35 +61,46 @@ def load_moments(optimizer: torch.optim.AdamW, model: nn.Module, state: dict[str
         optimizer.state[p] = {"step": torch.tensor(float(step), device=p.device), **slots}  # fused: on p's device
 
 
-def precision_context(precision: str, device: torch.device) -> tuple[Callable[[], contextlib.AbstractContextManager],
-                                                                      torch.amp.GradScaler | None]:
-    """Autocast factory and loss scaler for ``precision``: bf16 autocasts on any device, fp16 needs CUDA."""
-    if precision == "fp32":
-        return contextlib.nullcontext, None
-    if precision == "bf16":
-        return (lambda: torch.autocast(device.type, dtype=torch.bfloat16)), None
-    if device.type != "cuda":
+def check_precision(precision: str, model: nn.Module) -> str:
+    """``precision`` if the model can train in it here: fp16 needs a CUDA GPU, bf16 and fp32 run anywhere."""
+    device = next(model.parameters()).device
+    if precision == "fp16" and device.type != "cuda":
         raise ValueError(f"precision 'fp16' needs a CUDA GPU (the model is on {device.type}); "
                          "use precision 'bf16' or 'fp32'")
-    return (lambda: torch.autocast("cuda", dtype=torch.float16)), torch.amp.GradScaler("cuda")
+    return precision
+
+
+@contextlib.contextmanager
+def precision_context(precision: str, model: nn.Module) -> Iterator[None]:
+    """Run the model's forward pass in ``precision`` (autocast; parameters stay float32); fp16 needs a GPU."""
+    if check_precision(precision, model) == "fp32":
+        yield
+        return
+    device = next(model.parameters()).device
+    with torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16):
+        yield
 
 
 class Trainer:
-    """One AdamW step at a time on a model: the optimizer, its schedule position, autocast and loss scaling."""
+    """One AdamW step at a time on a model: the optimizer, its step count (from ``start``: the schedule's position
+    and AdamW's bias correction), the training precision and, for fp16, a ``GradScaler`` beside the optimizer."""
 
     def __init__(self, model: nn.Module, cfg: TrainConfig, optimizer: torch.optim.AdamW | None = None,
                  start: int = 0):
         self.model, self.cfg, self.iterations = model, cfg, start
         self.optimizer = make_optimizer(model, cfg) if optimizer is None else optimizer
+        if start and not self.optimizer.state:  # as Keras' iteration count: bias correction continues from it
+            load_moments(self.optimizer, model, moments(self.optimizer, model), start)
         self.device = next(model.parameters()).device
-        self.autocast, self.scaler = precision_context(cfg.precision, self.device)
+        fp16 = check_precision(cfg.precision, model) == "fp16"
+        self.scaler = torch.amp.GradScaler("cuda") if fp16 else None
 
     def train_step(self, tensors: list[tuple[torch.Tensor, ...]], weights: np.ndarray) -> tuple[float, float]:
         """Accumulate the weighted micro-batches' gradients, clip, update; (loss, pre-clip gradient norm)."""
         total = torch.zeros((), device=self.device)
         for i in range(self.cfg.grad_accum):
             ids, *mask, targets = (t[i] for t in tensors)
-            with self.autocast():
+            with precision_context(self.cfg.precision, self.model):
                 logits = self.model(ids, *mask)  # the classifier's batches carry an attention mask
             loss = cross_entropy(logits, targets) * float(weights[i])
             (loss if self.scaler is None else self.scaler.scale(loss)).backward()
@@ -115,7 +119,7 @@ class Trainer:
     def step(self, batch: Batch) -> tuple[float, float]:
         """One optimizer step on a numpy ``batch`` (split into ``grad_accum`` micro-batches) at the schedule's
         learning rate; returns (loss, pre-clip global gradient norm)."""
-        batch = check_batch(batch, self.model.task, self.cfg)
+        batch = check_batch(batch, self.model.task, self.cfg, config=self.model.config)
         lr = float(lr_at(self.iterations, self.cfg))
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -130,13 +134,18 @@ class Trainer:
         return result
 
 
+def trainer(model: nn.Module, cfg: TrainConfig, optimizer: torch.optim.AdamW | None = None, start: int = 0) -> Trainer:
+    """The contract's trainer: one AdamW step at a time on ``model``, continuing from optimizer step ``start``."""
+    return Trainer(model, cfg, optimizer, start)
+
+
 def train(model: nn.Module, get_batch: BatchFn, cfg: TrainConfig, val: Sequence[Batch],
           resume: str | Path | None = None) -> History:
-    """Run steps ``start .. cfg.steps - 1`` (``start`` from ``resume``'s checkpoint, else 0); return the history."""
+    """Run steps ``start .. cfg.steps - 1`` (``start`` from ``resume``'s run state, else 0); return the history."""
     optimizer = make_optimizer(model, cfg)
     start, history = 0, History("torch")
     if resume is not None:
-        start, state, history = restore_checkpoint(model, resume)
+        start, state, history = restore_run_state(model, resume)
         load_moments(optimizer, model, state, start)
     trainer = Trainer(model, cfg, optimizer, start)
     monitor = Monitor(model, cfg, val, history, start, lambda: moments(optimizer, model))

@@ -17,11 +17,12 @@ def stored_transposed(name: str) -> bool:
 
 
 def get_weights(model: nn.Module) -> dict[str, np.ndarray]:
-    """Canonical name -> float32 numpy copy of every parameter."""
+    """Canonical name -> float32 numpy copy of every parameter (a copy: ``.numpy()`` of a CPU tensor shares its
+    memory, so a snapshot would follow training)."""
     weights = {}
     for name in canonical_shapes(model.config, model.task):
         value = model.get_parameter(name).detach().float().cpu().numpy()
-        weights[name] = np.ascontiguousarray(value.T if stored_transposed(name) else value)
+        weights[name] = np.array(value.T if stored_transposed(name) else value, order="C")
     return weights
 
 

@@ -9,25 +9,22 @@ they are imported on first use.
 
 from __future__ import annotations
 
-import importlib
-import logging
 import os
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 import onnx
 
-from llmdual.backend import backend_of, load_backend
 from llmdual.config import Config
-from llmdual.files import atomic_write
-from llmdual.onnx_runtime import evaluate, export_info, logits, open_session
+from llmdual.contract import backend_name, backend_of
+from llmdual.io import atomic_write
+from llmdual.onnx.runtime import export_info, open_session
 
 DEFAULT_OPSET = 18  # the one opset both exporters emit natively (torch's dynamo: 18 and up; tf2onnx: up to 18)
 Axes = tuple[str | int, ...]  # per dimension: a dynamic axis name, or a fixed size
@@ -89,12 +86,6 @@ def make_feeds(config: Config, sig: Signature, shape: Shape, seed: int = 0) -> d
     return feeds
 
 
-def _backend_export(backend: str) -> ModuleType:
-    """A backend's export module, imported only when a model of that backend is exported."""
-    load_backend(backend)
-    return importlib.import_module(f"llmdual.{backend}_backend.export")
-
-
 def _check_opset(opset: object, allowed: range, backend: str) -> int:
     if isinstance(opset, bool) or not isinstance(opset, (int, np.integer)):
         raise TypeError(f"opset must be an integer, got {opset!r}")
@@ -104,7 +95,7 @@ def _check_opset(opset: object, allowed: range, backend: str) -> int:
     return int(opset)
 
 
-def _check_target(path: str | os.PathLike) -> Path:
+def check_target(path: str | os.PathLike) -> Path:
     """``path`` as a Path if a file can be written there, else the error naming why, before any work is done."""
     path = Path(path)
     if path.is_dir():
@@ -176,12 +167,11 @@ def verify(
     if io != (list(sig.inputs), list(sig.outputs)):
         raise VerificationError(f"{path} has inputs {io[0]} and outputs {io[1]}; the {model.task} model of this "
                                 f"config needs {list(sig.inputs)} and {list(sig.outputs)}")
-    module = _backend_export(backend)
     diffs, failed = {}, []
     for shape in default_shapes(model.config, sig.kv_cache) if shapes is None else shapes:
         feeds = make_feeds(model.config, sig, tuple(shape), seed)
         got = session.run(list(sig.outputs), feeds)
-        want = module.run(model, sig, feeds)
+        want = backend.run_signature(model, sig, feeds)
         worst = []
         for name, g, w in zip(sig.outputs, got, want):
             if g.shape != w.shape:
@@ -193,7 +183,7 @@ def verify(
                 failed.append(f"{name} at {shape_label(shape)}: max abs diff {worst[-1]:.3e}")
         diffs[shape_label(shape)] = float(np.max(worst, initial=0.0))
     if failed:
-        raise VerificationError(f"{path} does not match the native {backend} model (atol {atol:g}, rtol "
+        raise VerificationError(f"{path} does not match the native {backend.NAME} model (atol {atol:g}, rtol "
                                 f"{rtol:g}): " + "; ".join(failed) + f"; max abs diff per shape {diffs}")
     return diffs
 
@@ -247,27 +237,26 @@ def export_onnx(
     ``present.{i}.key/value``; an empty past (length 0) is a prefill. The file appears only once
     ``onnx.checker`` and onnxruntime-vs-native (``verify``, at other shapes) pass; on any failure nothing is left.
     """
-    backend = backend_of(model)
-    module = _backend_export(backend)
-    opset = _check_opset(DEFAULT_OPSET if opset is None else opset, module.OPSETS, backend)
+    backend, name = backend_of(model), backend_name(model)
+    opset = _check_opset(DEFAULT_OPSET if opset is None else opset, backend.onnx_opsets(), name)
     if kv_cache and not dynamic:
         raise ValueError("kv_cache=True needs dynamic=True: the cache grows by one position every step")
-    path = _check_target(path)
+    path = check_target(path)
     config = model.config
     sig = signature(config, model.task, kv_cache)
     B, T = shape or (2, min(8, config.max_seq_len))
     traced = (B, T, min(3, config.max_seq_len - T) if kv_cache else 0)  # past > 1 keeps its axis dynamic
     start = time.perf_counter()
-    proto = module.export(model, sig, make_feeds(config, sig, traced, seed=1), opset, dynamic)
+    proto = backend.onnx_graph(model, sig, make_feeds(config, sig, traced, seed=1), opset, dynamic)
     _finalize(proto, sig, dynamic, {
-        "llmdual.backend": backend,
+        "llmdual.backend": name,
         "llmdual.task": model.task,
         "llmdual.kv_cache": str(int(kv_cache)),
         "llmdual.config": config.to_json(),
     })
     export_seconds = time.perf_counter() - start
     if _opset_of(proto) != opset:
-        raise RuntimeError(f"the {backend} exporter wrote opset {_opset_of(proto)} when asked for {opset}")
+        raise RuntimeError(f"the {name} exporter wrote opset {_opset_of(proto)} when asked for {opset}")
     diffs: dict[str, float] = {}
 
     def write(tmp: str) -> None:
@@ -278,86 +267,17 @@ def export_onnx(
     atomic_write(path, write)
     ops = Counter(node.op_type for node in proto.graph.node)
     return ExportResult(
-        path=path, backend=backend, task=model.task, kv_cache=kv_cache, opset=opset, dynamic=dynamic,
+        path=path, backend=name, task=model.task, kv_cache=kv_cache, opset=opset, dynamic=dynamic,
         file_bytes=path.stat().st_size, op_counts=dict(ops.most_common()),
         export_seconds=export_seconds, verify_seconds=time.perf_counter() - start - export_seconds,
         max_abs_diff=diffs, atol=atol, rtol=rtol,
     )
 
 
-@dataclass
-class QuantizeResult:
-    """An int8 (dynamic) quantization: sizes before and after, and the quality change on the given batches."""
-
-    path: Path
-    source: Path
-    task: str
-    bytes_before: int
-    bytes_after: int
-    seconds: float
-    metric: str | None = None  # "perplexity" (LM) or "accuracy" (classifier), measured on the batches
-    before: float | None = None
-    after: float | None = None
-    top1_agreement: float | None = None  # share of predictions (argmax) the int8 file keeps
-    max_abs_logit_diff: float | None = None
-
-    @property
-    def size_ratio(self) -> float:
-        return self.bytes_after / self.bytes_before
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "path": str(self.path), "source": str(self.source), "size_ratio": self.size_ratio}
 
 
-def quantize(
-    path: str | os.PathLike, out_path: str | os.PathLike, batches: Iterable[tuple[np.ndarray, ...]] | None = None
-) -> QuantizeResult:
-    """Int8 dynamic quantization (onnxruntime's ``quantize_dynamic``: MatMul and Gather weights) of an llmdual
-    export. With ``batches`` (LM ``(x, y)``, classifier ``(ids, mask, labels)``) both files are evaluated
-    through onnxruntime: perplexity or accuracy before/after, argmax agreement and the largest logit change."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    source = Path(path)
-    if not source.is_file():
-        raise FileNotFoundError(f"no ONNX file at {source}")
-    fp32 = open_session(source)
-    info = export_info(fp32)
-    out_path = _check_target(out_path)
-    start = time.perf_counter()
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # quantize_dynamic warns through the root logger about optional pre-processing
-    try:
-        atomic_write(out_path, lambda tmp: quantize_dynamic(source, tmp, weight_type=QuantType.QInt8))
-    finally:
-        root.setLevel(level)
-    result = QuantizeResult(out_path, source, info.task, source.stat().st_size, out_path.stat().st_size,
-                            time.perf_counter() - start)
-    if batches is not None:
-        int8 = open_session(out_path)
-        batches = list(batches)
-        result.metric = "perplexity" if info.task == "lm" else "accuracy"
-        result.before = evaluate(fp32, batches)[result.metric]
-        result.after = evaluate(int8, batches)[result.metric]
-        agree, count, worst = 0, 0, 0.0
-        for ids, *rest in batches:
-            mask = rest[0] if len(rest) == 2 else None
-            a, b = logits(fp32, ids, mask), logits(int8, ids, mask)
-            agree += int((a.argmax(-1) == b.argmax(-1)).sum())
-            count += a.argmax(-1).size
-            worst = max(worst, float(np.abs(a - b).max()))
-        result.top1_agreement, result.max_abs_logit_diff = agree / count, worst
-    return result
 
 
-def table(headers: Sequence[str], rows: Iterable[Sequence[object]], markdown: bool = True) -> str:
-    """A markdown (or aligned plain-text) table; floats are shown with 4 significant digits."""
-    cells = [[f"{c:.4g}" if isinstance(c, float) else str(c) for c in row] for row in rows]
-    widths = [max(len(str(h)), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
-    line = (lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |") if markdown else (
-        lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
-    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|" if markdown else "  ".join("-" * w for w in widths)
-    return "\n".join([line(list(headers)), rule, *(line(r) for r in cells)])
 
 
 def summary_table(results: Sequence[ExportResult], markdown: bool = True) -> str:
@@ -371,14 +291,5 @@ def summary_table(results: Sequence[ExportResult], markdown: bool = True) -> str
     return table(headers, rows, markdown)
 
 
-def quantize_table(results: Sequence[QuantizeResult], markdown: bool = True) -> str:
-    """One row per quantized file: size before/after and the quality change."""
-    headers = ["file", "task", "fp32 MB", "int8 MB", "ratio", "metric", "fp32", "int8", "top-1 agree", "max |dlogit|"]
-    rows = [
-        [r.source.name, r.task, r.bytes_before / 2**20, r.bytes_after / 2**20, r.size_ratio, r.metric or "-",
-         "-" if r.before is None else r.before, "-" if r.after is None else r.after,
-         "-" if r.top1_agreement is None else r.top1_agreement,
-         "-" if r.max_abs_logit_diff is None else r.max_abs_logit_diff]
-        for r in results
-    ]
-    return table(headers, rows, markdown)
+
+from llmdual.report import table  # noqa: E402

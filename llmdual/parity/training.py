@@ -2,7 +2,7 @@
 
 Each check trains fresh models (never the context's shared ones) on the same seeded batches with dropout 0 in
 fp32: per-step losses torch vs Keras, gradient accumulation against one larger batch, resuming from a mid-run
-checkpoint (in the same backend and in the other one) against the uninterrupted run, and greedy generation
+run state (in the same backend and in the other one) against the uninterrupted run, and greedy generation
 with and without the KV cache.
 """
 
@@ -18,8 +18,9 @@ import numpy as np
 
 from llmdual.api import build, get_weights
 from llmdual.generate import generate
-from llmdual.parity import BACKENDS, Check, ParityContext
-from llmdual.training import Batch, BatchFn, History, TrainConfig, checkpoint_prefix, train
+from llmdual.parity.core import BACKENDS, Check, ParityContext
+from llmdual.recipe import Batch, BatchFn, History, TrainConfig
+from llmdual.training import run_state_prefix, train
 
 # Per-step loss, torch vs Keras, relative: kernels round differently (~1e-7 per op) and AdamW's normalised
 # updates carry that into the weights, so losses drift apart slowly; 1e-4 over 20 steps is the issue's bound.
@@ -125,7 +126,7 @@ def check_accumulation(ctx: ParityContext) -> list[Check]:
 
 
 def check_resume(ctx: ParityContext) -> list[Check]:
-    """Resuming from a mid-run checkpoint (weights, AdamW moments, step) reproduces the uninterrupted run, in
+    """Resuming from a mid-run run state (weights, AdamW moments, step) reproduces the uninterrupted run, in
     the backend that wrote it and in the other one."""
     checks = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -134,8 +135,8 @@ def check_resume(ctx: ParityContext) -> list[Check]:
             cfg = train_config(steps=6, checkpoint_dir=str(Path(tmp) / backend), checkpoint_interval=3)
             uninterrupted[backend] = run(ctx, backend, cfg)
         for writer, reader in (("torch", "torch"), ("keras", "keras"), ("torch", "keras"), ("keras", "torch")):
-            resumed = run(ctx, reader, train_config(steps=6), resume=checkpoint_prefix(Path(tmp) / writer, 3))
-            checks += compare_runs(f"resume at step 3: {writer} ckpt -> {reader}", uninterrupted[reader], resumed)
+            resumed = run(ctx, reader, train_config(steps=6), resume=run_state_prefix(Path(tmp) / writer, 3))
+            checks += compare_runs(f"resume at step 3: {writer} run state -> {reader}", uninterrupted[reader], resumed)
     return checks
 
 

@@ -1,5 +1,5 @@
 """Running llmdual ONNX exports with onnxruntime, framework-free: sessions, logits, metrics, timing, and
-``OnnxDecoder``, the ``llmdual.generate.Decoder`` that lets ``llmdual.generate`` decode through a session."""
+``OnnxDecoder``, the ``llmdual.decoding.Decoder`` that lets ``llmdual.generate`` decode through a session."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import numpy as np
 import onnxruntime as ort
 
 from llmdual.config import Config
+from llmdual.decoding import StepDecoder, padded_positions
 from llmdual.evaluate import cross_entropy_sum
-from llmdual.generate import StepDecoder
+from llmdual.validate import check_inputs
 
 
 def open_session(path: str | os.PathLike, threads: int | None = None) -> ort.InferenceSession:
@@ -40,7 +41,7 @@ def export_info(session: ort.InferenceSession) -> ExportInfo:
     meta = session.get_modelmeta().custom_metadata_map
     if "llmdual.config" not in meta:
         raise ValueError("not an llmdual ONNX export: no 'llmdual.config' metadata (export it with "
-                         "llmdual.onnx_export.export_onnx)")
+                         "llmdual.onnx.export.export_onnx)")
     kv_cache = any(i.name.startswith("past.") for i in session.get_inputs())
     return ExportInfo(Config.from_json(meta["llmdual.config"]), meta["llmdual.task"], meta["llmdual.backend"], kv_cache)
 
@@ -66,8 +67,26 @@ def cache_feeds(
 def logits(
     session: ort.InferenceSession, input_ids: np.ndarray, attention_mask: np.ndarray | None = None
 ) -> np.ndarray:
-    """Float32 logits of a full forward pass through any llmdual export (a cache export runs with an empty past)."""
+    """Float32 logits of a full forward pass through any llmdual export (a cache export runs with an empty past);
+    the inputs pass ``llmdual.validate`` first, as they would in either native backend."""
     info = export_info(session)
+    positions = _mask_positions(input_ids, attention_mask) if info.kv_cache else None  # a cache export's rule
+    check_inputs(input_ids, info.config, attention_mask, 0, positions)
+    return _logits(session, info, input_ids, attention_mask)
+
+
+def _mask_positions(input_ids: np.ndarray, attention_mask: np.ndarray | None) -> np.ndarray | None:
+    """Position ids of left-padded rows as the native decoders derive them; None when no row is padded, or when the
+    arrays are too malformed to derive any (``check_inputs`` then names what is wrong)."""
+    if attention_mask is None or np.ndim(input_ids) != 2 or np.ndim(attention_mask) != 2:
+        return None
+    return padded_positions(np.asarray(attention_mask), np.shape(input_ids)[1])
+
+
+def _logits(
+    session: ort.InferenceSession, info: ExportInfo, input_ids: np.ndarray, attention_mask: np.ndarray | None
+) -> np.ndarray:
+    """``logits`` on inputs already checked."""
     ids = np.asarray(input_ids, np.int64)
     mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask, np.int64)
     if info.kv_cache:
@@ -113,7 +132,7 @@ def throughput(run: Callable[[], object], tokens: int, repeats: int = 5, warmup:
 
 
 class OnnxDecoder(StepDecoder):
-    """``llmdual.generate.Decoder`` over a session of an llmdual LM export: a KV-cache export feeds its cache
+    """``llmdual.decoding.Decoder`` over a session of an llmdual LM export: a KV-cache export feeds its cache
     back step by step (or, with ``use_cache=False``, recomputes from an empty one); a plain export recomputes
     the whole prefix every step, and takes unpadded prompts only (it has no attention_mask input)."""
 
@@ -126,8 +145,11 @@ class OnnxDecoder(StepDecoder):
         self.max_seq_len = self.info.config.max_seq_len
 
     def _run(self, ids: np.ndarray, mask: np.ndarray, past: list[np.ndarray] | None) -> tuple[np.ndarray, object]:
-        """One session call: the cache export with ``past`` (None: empty), or a full pass of the plain one."""
+        """One session call: the cache export with ``past`` (None: empty), or a full pass of the plain one; the
+        inputs pass ``llmdual.validate`` first, with the same arguments as the native decoders'."""
+        past_len = 0 if past is None else past[0].shape[2]
+        check_inputs(ids, self.info.config, mask, past_len, _mask_positions(ids, mask))
         if not self.use_cache:
-            return logits(self.session, ids, mask)[:, -1], ids
+            return _logits(self.session, self.info, ids, mask)[:, -1], ids
         out = self.session.run(None, cache_feeds(self.info, ids, mask, past))
         return out[0][:, -1], out[1:]

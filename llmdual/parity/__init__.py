@@ -1,0 +1,47 @@
+"""Parity between the PyTorch and Keras backends, as a library feature: run checks, get a report.
+
+``python -m llmdual.parity --preset tiny`` prints the report as a table. Every check compares the two
+backends on the same canonical weights and names the tolerance it was held to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from llmdual.config import Config
+from llmdual.parity import model, training
+from llmdual.parity.core import Check, ParityContext, ParityReport, first_divergence
+
+# check group name -> checks, in the order they run (training builds on the model checks passing)
+GROUPS: dict[str, list[Callable[[ParityContext], list[Check]]]] = {
+    "model": model.CHECKS,
+    "training": training.CHECKS,
+}
+
+
+def checks_for(names: Sequence[str]) -> list[Callable[[ParityContext], list[Check]]]:
+    """The checks of the named groups ("all" for every group), in registry order."""
+    unknown = sorted(set(names) - set(GROUPS) - {"all"})
+    if unknown:
+        raise ValueError(f"unknown parity check group(s) {unknown}; choose from {['all', *GROUPS]}")
+    return [c for group, checks in GROUPS.items() if "all" in names or group in names for c in checks]
+
+
+def run(
+    config: Config,
+    task: str = "lm",
+    seed: int = 0,
+    checks: Sequence[Callable[[ParityContext], list[Check]]] | None = None,
+) -> ParityReport:
+    """Run parity checks (default: every group) for one config, task and seed; localise the first
+    divergence if logits differ."""
+    ctx = ParityContext(config, task, seed)
+    report = ParityReport(config, task, seed)
+    for check in checks_for(["all"]) if checks is None else checks:
+        report.checks.extend(check(ctx))
+    if not all(c.passed for c in report.checks if c.name.startswith("logits")):
+        report.divergence = first_divergence(ctx)
+    return report
+
+
+__all__ = ["GROUPS", "Check", "ParityContext", "ParityReport", "checks_for", "run"]

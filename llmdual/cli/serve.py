@@ -1,0 +1,34 @@
+"""``llmdual serve``: the OpenAI-compatible generation server (``llmdual.serve``) on 127.0.0.1."""
+
+from __future__ import annotations
+
+import argparse
+
+from llmdual.cli.common import existing_file, tokenizer_path
+
+
+def run(args: argparse.Namespace) -> int:
+    from llmdual.serve import ServeOptions, serve
+
+    options = ServeOptions(args.max_batch, args.max_wait_ms / 1e3, args.max_queue, args.timeout)
+    serve(args.checkpoint, args.engine, args.host, args.port, tokenizer_path(args.checkpoint, args.tokenizer),
+          options, args.log_level)
+    return 0
+
+
+def add(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="serve /v1/completions (OpenAI-compatible) over one engine",
+                       description="An OpenAI-compatible completion server with micro-batching. SIGINT/SIGTERM "
+                       "finish running requests, then exit.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("checkpoint", type=existing_file, help="model file; for --engine onnx also a KV-cache .onnx")
+    p.add_argument("--engine", choices=["torch", "keras", "onnx"], default="torch")
+    p.add_argument("--tokenizer", type=existing_file,
+                   help="tokenizer.json for text prompts (default: <stem>.tokenizer.json if present; else ids only)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-batch", type=int, default=8, help="requests per batch")
+    p.add_argument("--max-wait-ms", type=float, default=10.0, help="how long a batch waits to fill")
+    p.add_argument("--max-queue", type=int, default=64, help="waiting requests before 429")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per request before 504")
+    p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(func=run)

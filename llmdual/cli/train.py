@@ -1,0 +1,96 @@
+"""``llmdual train``: a preset or config JSON plus ``--set key=value`` overrides, trained on the built-in
+corpus (the Python standard library's source) into a model file, with its tokenizer and resolved config."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from llmdual.cli.common import CliError, existing_file, key_value, sibling
+
+
+def resolve(args: argparse.Namespace) -> dict[str, Any]:
+    """``{"model": Config dict, "train": TrainConfig dict, "data": ..., "backend": ...}`` after overrides."""
+    from llmdual.config import Config
+    from llmdual.recipe import TrainConfig
+
+    model: dict[str, Any] = {}
+    train: dict[str, Any] = {"steps": 100, "batch_size": 8, "lr": 1e-3}
+    data: dict[str, Any] = {"files": 20, "block_size": None, "seed": 0}
+    if args.config is not None:
+        try:
+            loaded = json.loads(args.config.read_text())
+        except json.JSONDecodeError as exc:
+            raise CliError(f"{args.config} is not valid JSON: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise CliError(f"{args.config} must hold a JSON object")
+        if "model" in loaded:  # a resolved config written by llmdual train
+            model, train, data = loaded["model"], {**train, **loaded.get("train", {})}, {**data, **loaded.get("data", {})}
+        else:
+            model = loaded
+    else:
+        model = Config.preset(args.preset).to_dict()
+    fields = {"model": {f.name for f in dataclasses.fields(Config)},
+              "train": {f.name for f in dataclasses.fields(TrainConfig)} - {"checkpoint_dir"},
+              "data": set(data)}
+    sections = {"model": model, "train": train, "data": data}
+    for key, value in args.set or []:
+        section, _, name = key.rpartition(".")
+        owners = [s for s in fields if name in fields[s] and section in ("", s)]
+        if not owners:
+            raise CliError(f"unknown setting {key!r}; model: {sorted(fields['model'])}; "
+                           f"train: {sorted(fields['train'])}; data: {sorted(fields['data'])}")
+        sections[owners[0]][name] = value
+    config = Config.from_dict(model)
+    if data["block_size"] is None:
+        data["block_size"] = min(config.max_seq_len, 64)
+    train_config = TrainConfig(**train)
+    return {"backend": args.backend, "model": config.to_dict(), "train": train_config.to_dict(), "data": data}
+
+
+def run(args: argparse.Namespace) -> int:
+    import llmdual
+    from llmdual.corpus import stdlib_lm_data
+    from llmdual.tokenizer import MIN_VOCAB
+
+    resolved = resolve(args)
+    config = llmdual.Config.from_dict(resolved["model"])
+    if config.vocab_size < MIN_VOCAB:
+        raise CliError(f"vocab_size {config.vocab_size} is too small for the byte-level tokenizer (>= {MIN_VOCAB}); "
+                       f"pass --set vocab_size=512")
+    data = resolved["data"]
+    if data["block_size"] > config.max_seq_len:
+        raise CliError(f"block_size {data['block_size']} exceeds max_seq_len {config.max_seq_len}")
+    tokenizer, dataset = stdlib_lm_data(config.vocab_size, data["block_size"], data["files"], data["seed"])
+    model = llmdual.build(config, args.backend, "lm", seed=resolved["train"]["seed"])
+    history = llmdual.train(model, dataset, llmdual.TrainConfig(**resolved["train"]))
+    path = llmdual.save(model, args.out)
+    tokenizer.save(sibling(path, ".tokenizer.json"))
+    sibling(path, ".config.json").write_text(json.dumps(resolved, indent=2) + "\n")
+    metrics = llmdual.evaluate(model, dataset, "val", max_batches=4)
+    print(f"trained {args.backend} for {len(history.loss)} steps: final train loss {history.loss[-1]:.4f}, "
+          f"val loss {metrics['loss']:.4f}\nwrote {path}, {sibling(path, '.tokenizer.json')}, "
+          f"{sibling(path, '.config.json')}")
+    return 0
+
+
+def add(sub: argparse._SubParsersAction) -> None:
+    from llmdual.config import PRESETS
+
+    p = sub.add_parser("train", help="train an LM on the built-in corpus into a model file",
+                       description="Train an LM on the Python standard library's source. Writes the model file, "
+                       "<stem>.tokenizer.json and <stem>.config.json (the resolved settings, reusable with "
+                       "--config).", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", type=Path, required=True, help="model file to write (.safetensors)")
+    p.add_argument("--backend", choices=["torch", "keras"], default="torch")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="model size")
+    source.add_argument("--config", type=existing_file, metavar="JSON",
+                        help="a Config JSON, or a <stem>.config.json written by an earlier run")
+    p.add_argument("--set", type=key_value, action="append", metavar="KEY=VALUE",
+                   help="override a model (vocab_size, d_model, ...), training (steps, batch_size, lr, ...) or data "
+                        "(files, block_size, seed) setting; repeatable; prefix model./train./data. if ambiguous")
+    p.set_defaults(func=run)

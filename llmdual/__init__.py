@@ -4,11 +4,13 @@ from llmdual.api import build, forward, get_weights, load, save, set_weights
 from llmdual.config import Config
 from llmdual.contract import backend_name, backend_of
 from llmdual.evaluate import evaluate
+from llmdual.export import export
 from llmdual.generate import generate
+from llmdual.lora import add_lora, load_lora, merge_lora, save_lora, save_lora_peft
 from llmdual.recipe import TrainConfig
 from llmdual.tokenizer import Tokenizer
 from llmdual.training import train
-from llmdual.weights import from_hf_gpt2, init_weights
+from llmdual.weights import from_hf_gpt2, init_weights, to_hf_gpt2
 
 __version__ = "0.1.0"
 
@@ -26,10 +28,12 @@ __all__ = [
     "Config",
     "Tokenizer",
     "TrainConfig",
+    "add_lora",
     "backend_name",
     "backend_of",
     "build",
     "evaluate",
+    "export",
     "export_onnx",
     "forward",
     "from_hf_gpt2",
@@ -37,7 +41,12 @@ __all__ = [
     "get_weights",
     "init_weights",
     "load",
+    "load_lora",
+    "merge_lora",
     "save",
+    "save_lora",
+    "save_lora_peft",
     "set_weights",
+    "to_hf_gpt2",
     "train",
 ]

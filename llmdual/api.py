@@ -50,8 +50,12 @@ def forward(model: Any, input_ids: np.ndarray, attention_mask: np.ndarray | None
 
 
 def save(model: Any, path: str | Path) -> Path:
-    """Write the model's config, task and canonical fp32 weights to ``path`` as a model file (atomic)."""
+    """Write the model's config, task and canonical fp32 weights to ``path`` as a model file (atomic); a model
+    with LoRA adapters is refused (``llmdual.merge_lora`` folds them in, ``llmdual.save_lora`` saves them)."""
     backend_of(model)  # fail early on a foreign object
+    if model.lora is not None:
+        raise ValueError("the model has LoRA adapters: llmdual.merge_lora(model) folds them into its weights "
+                         "before save, or llmdual.save_lora(model, path) saves the adapters alone")
     return write_model_file(path, model.config, model.task, get_weights(model))
 
 

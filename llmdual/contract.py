@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -20,6 +20,7 @@ from llmdual.config import Config
 
 if TYPE_CHECKING:
     from llmdual.decoding import Decoder
+    from llmdual.lora import LoraSpec
     from llmdual.recipe import Batch, BatchFn, History, TrainConfig
 
 
@@ -56,7 +57,8 @@ class Backend(Protocol):
 
     def loss_and_grads(self, model: Any, input_ids: np.ndarray, targets: np.ndarray,
                        attention_mask: np.ndarray | None = None) -> tuple[float, dict[str, np.ndarray]]:
-        """Cross-entropy loss (dropout off) and its gradient for every canonical weight."""
+        """Cross-entropy loss (dropout off) and its gradient for every trainable canonical weight (all of them, or
+        the adapters alone once the model has LoRA)."""
         ...
 
     def intermediates(self, model: Any, input_ids: np.ndarray,
@@ -64,8 +66,9 @@ class Backend(Protocol):
         """Activations in stage order, for localising the first divergence between backends."""
         ...
 
-    def decoder(self, model: Any, use_cache: bool = True) -> Decoder:
-        """A ``llmdual.decoding.Decoder`` over the model (KV cache, or recomputing the prefix)."""
+    def decoder(self, model: Any, use_cache: bool = True, compile: bool = False) -> Decoder:
+        """A ``llmdual.decoding.Decoder`` over the model (static KV cache, or recomputing the prefix); ``compile``:
+        the framework's optimising compiler for the step (torch.compile, XLA on TensorFlow)."""
         ...
 
     def trainer(self, model: Any, cfg: TrainConfig, optimizer: Any = None, start: int = 0) -> Trainer:
@@ -75,6 +78,15 @@ class Backend(Protocol):
     def train(self, model: Any, get_batch: BatchFn, cfg: TrainConfig, val: Sequence[Batch],
               resume: str | Path | None = None) -> History:
         """Run the training loop the framework's way; ``llmdual.train`` calls it."""
+        ...
+
+    def add_lora(self, model: Any, spec: LoraSpec) -> None:
+        """Give the spec's target projections zero LoRA adapters and freeze every other weight (``llmdual.add_lora``
+        sets their values)."""
+        ...
+
+    def remove_lora(self, model: Any) -> None:
+        """Drop the model's adapters and unfreeze it (``llmdual.merge_lora`` folds them in first)."""
         ...
 
     def onnx_graph(self, model: Any, sig: Any, example: dict[str, np.ndarray], opset: int, dynamic: bool) -> Any:
@@ -87,6 +99,21 @@ class Backend(Protocol):
 
     def run_signature(self, model: Any, sig: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """The native model's outputs for an export signature's feeds: the verification reference."""
+        ...
+
+    def native_formats(self) -> tuple[str, ...]:
+        """The formats this backend exports to natively, besides ONNX (``llmdual.export`` names)."""
+        ...
+
+    def export_native(self, model: Any, sig: Any, example: dict[str, np.ndarray], path: str, format: str,
+                      metadata: dict[str, str]) -> None:
+        """Write ``model`` at ``path`` in a native ``format`` with the signature's inputs, outputs and dynamic axes,
+        traced on ``example``, carrying ``metadata``."""
+        ...
+
+    def load_native(self, path: str, format: str) -> tuple[Callable[[dict[str, np.ndarray]], list[np.ndarray]],
+                                                          dict[str, str]]:
+        """A native export's runner (feeds by input name in, outputs in signature order out) and its metadata."""
         ...
 
 

@@ -1,12 +1,19 @@
-"""The decoding protocol every engine implements: ``Decoder`` (prefill, then one step per token), the
-``StepDecoder`` base that builds it on one ``_run`` method, and the left-padding position rule."""
+"""The decoding protocol every engine implements: ``Decoder`` (prefill, then one step per token); its two
+bases, ``StaticDecoder`` (the native backends: a pre-allocated KV cache written in place) and ``StepDecoder``
+(a cache grown by concatenation, as the ONNX export's graph takes it); and the left-padding position rule."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+
+from llmdual.config import Config
+from llmdual.validate import check_inputs
+
+MIN_CACHE = 16  # the smallest static cache: shorter generations share its compiled step
 
 
 @runtime_checkable
@@ -19,8 +26,10 @@ class Decoder(Protocol):
 
     max_seq_len: int
 
-    def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[np.ndarray, object]:
-        """Left-padded prompts [B, T] -> logits of the last position [B, V] and the state."""
+    def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray,
+                max_len: int | None = None) -> tuple[np.ndarray, object]:
+        """Left-padded prompts [B, T] -> logits of the last position [B, V] and the state; ``max_len``: the
+        positions the generation will fill (prompt + new tokens - 1), for engines that allocate ahead."""
         ...
 
     def step(self, next_ids: np.ndarray, attention_mask: np.ndarray, state: object) -> tuple[np.ndarray, object]:
@@ -36,8 +45,10 @@ class StepDecoder(ABC):
     use_cache: bool
     max_seq_len: int
 
-    def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[np.ndarray, object]:
-        """Run the prompts; return the last position's logits [B, V] and the state for ``step``."""
+    def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray,
+                max_len: int | None = None) -> tuple[np.ndarray, object]:
+        """Run the prompts; return the last position's logits [B, V] and the state for ``step`` (the cache
+        grows as it goes, so ``max_len`` is not needed)."""
         return self._run(input_ids, attention_mask, None)
 
     def step(self, next_ids: np.ndarray, attention_mask: np.ndarray, state: object) -> tuple[np.ndarray, object]:
@@ -51,9 +62,95 @@ class StepDecoder(ABC):
         """Logits of the last position [B, V] float32, and the cache after ``ids`` (with ``use_cache``) or ``ids``."""
 
 
+@dataclass
+class CacheState:
+    """A ``StaticDecoder``'s state: the ids so far and the per-layer cache they fill (None when recomputing)."""
+
+    ids: np.ndarray
+    cache: Any
+
+
+class StaticDecoder(ABC):
+    """A ``Decoder`` over a static KV cache: per-layer key and value buffers [B, heads, L, head_dim] allocated
+    once at ``cache_length`` of the generation's length and written in place, step t's token at slot
+    prompt width + t; a step past L moves the cache into the next length bucket. Position ids and the mask
+    over the L slots come from the attention mask (left padding: ``positions``). Inputs are validated here,
+    before any compiled code runs. Without ``use_cache`` every step re-runs the whole prefix into a new cache."""
+
+    use_cache: bool
+    max_seq_len: int
+    config: Config
+
+    def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray,
+                max_len: int | None = None) -> tuple[np.ndarray, object]:
+        """Run the prompts into a cache sized for ``max_len`` positions (default: the prompt and one step)."""
+        T = input_ids.shape[1]
+        return self._fill(input_ids, attention_mask, max(max_len or 0, min(T + 1, self.max_seq_len), T))
+
+    def step(self, next_ids: np.ndarray, attention_mask: np.ndarray, state: object) -> tuple[np.ndarray, object]:
+        """Write one new token per row ([B, 1]) at the next position; ``attention_mask`` covers every token so far."""
+        ids = np.concatenate([state.ids, next_ids], axis=1)
+        if not self.use_cache:
+            return self._fill(ids, attention_mask, ids.shape[1])
+        start = state.ids.shape[1]
+        check_inputs(next_ids, self.config, attention_mask, start, padded_positions(attention_mask, 1))
+        cache = state.cache
+        if start >= self._length(cache):
+            cache = self._grow(cache, cache_length(start + 1, self.max_seq_len))
+        logits, cache = self._forward(next_ids, slot_mask(attention_mask, self._length(cache)),
+                                      positions(attention_mask, 1), cache, start)
+        return logits, CacheState(ids, cache)
+
+    def _fill(self, ids: np.ndarray, mask: np.ndarray, needed: int) -> tuple[np.ndarray, CacheState]:
+        """Run ``ids`` from position 0 into a new cache of ``cache_length(needed)`` slots."""
+        B, T = ids.shape
+        check_inputs(ids, self.config, mask, 0, padded_positions(mask, T))
+        length = cache_length(needed, self.max_seq_len)
+        logits, cache = self._forward(ids, slot_mask(mask, length), positions(mask, T), self._allocate(B, length), 0)
+        return logits, CacheState(ids, cache if self.use_cache else None)
+
+    @abstractmethod
+    def _allocate(self, batch: int, length: int) -> Any:
+        """A zeroed cache: per layer a (keys, values) pair of [batch, heads, length, head_dim] buffers."""
+
+    @abstractmethod
+    def _grow(self, cache: Any, length: int) -> Any:
+        """The cache moved into buffers of ``length`` slots (its positions kept, the new ones zero)."""
+
+    @abstractmethod
+    def _length(self, cache: Any) -> int:
+        """The slots the cache holds."""
+
+    @abstractmethod
+    def _forward(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, cache: Any,
+                 start: int) -> tuple[np.ndarray, Any]:
+        """Run ``ids`` [B, T] written at slots ``start``.. of ``cache`` with the slot mask [B, L] and position ids
+        [B, T]; the last position's float32 logits [B, V] and the updated cache."""
+
+
+def cache_length(needed: int, max_seq_len: int) -> int:
+    """Slots a static cache allocates for ``needed`` positions: the next power of two (at least ``MIN_CACHE``),
+    capped at ``max_seq_len`` (unless left padding pushes ``needed`` past it), so a few shapes serve all lengths."""
+    return min(max(MIN_CACHE, 1 << (needed - 1).bit_length()), max(max_seq_len, needed))
+
+
+def slot_mask(mask: np.ndarray, length: int) -> np.ndarray:
+    """The attention mask over every slot of a ``length``-slot cache: the tokens so far, then ones for the
+    unwritten slots (never attended: a query sees only slots up to its own)."""
+    slots = np.ones((mask.shape[0], length), dtype=np.int64)
+    slots[:, : mask.shape[1]] = mask
+    return slots
+
+
+def positions(mask: np.ndarray, width: int) -> np.ndarray:
+    """Position ids ``cumsum(mask) - 1`` of the last ``width`` tokens: left padding shifts every row to start at 0
+    (a fresh array: a view's strides would differ step by step, and compiled graphs guard on them)."""
+    return np.maximum(mask.cumsum(axis=1) - 1, 0)[:, -width:].copy()
+
+
 def padded_positions(mask: np.ndarray, width: int) -> np.ndarray | None:
-    """Position ids ``cumsum(mask) - 1`` of the last ``width`` tokens when some row is left-padded; None when
-    no row is (positions then follow the cache length, and the kernels take their unmasked fast path)."""
+    """``positions`` when some row is left-padded; None when no row is (positions then follow the cache
+    length, and the kernels take their unmasked fast path)."""
     if mask.all():
         return None
-    return np.maximum(mask.cumsum(axis=1) - 1, 0)[:, -width:]
+    return positions(mask, width)

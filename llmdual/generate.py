@@ -113,7 +113,7 @@ def generate(
     out = np.zeros((len(rows), max_new_tokens), dtype=np.int64)
     lengths = np.full(len(rows), max_new_tokens)
     done = np.zeros(len(rows), dtype=bool)
-    logits, state = decoder.prefill(ids, mask)
+    logits, state = decoder.prefill(ids, mask, ids.shape[1] + max_new_tokens - 1)
     for t in range(max_new_tokens):
         out[:, t] = sample_next(logits, temperature, top_k, top_p, rng)
         if stop:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 import warnings
 from collections.abc import Callable, Mapping
@@ -45,6 +46,36 @@ def atomic_write(path: str | Path, write: Callable[[str], Any]) -> Path:
             raise _naming(err, path, tmp) from None  # the original names the temporary file
         raise
     _fsync(path.parent)  # the rename itself is durable only once the folder's entry is on disk
+    return path
+
+
+def atomic_write_dir(path: str | Path, write: Callable[[str], Any]) -> Path:
+    """``atomic_write`` for a folder: ``write(tmp_dir)`` fills a hidden temporary folder beside ``path``; every file
+    in it and the folder are fsynced, then it takes ``path``'s place (a folder already there goes only after)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"cannot write {path}: folder {path.parent} does not exist")
+    tmp = ""
+    try:
+        tmp = tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        write(tmp)
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes the folder private; give it the mode mkdir would
+        for folder, _, files in os.walk(tmp, topdown=False):
+            for name in files:
+                _fsync(os.path.join(folder, name))
+            _fsync(folder)
+        old = Path(f"{tmp}.old")
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException as err:
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, Exception):
+            raise _naming(err, path, tmp) from None
+        raise
+    _fsync(path.parent)
     return path
 
 

@@ -2,10 +2,11 @@
 that either backend can resume from.
 
 A run state is one step of a training run saved in ``TrainConfig.checkpoint_dir``: ``step-NNNNNN.safetensors``
-(a model file, as ``llmdual.save`` writes), ``.optim.safetensors`` (the optimizer state: AdamW moments) and
-``.json`` (step, recipe, history). Each backend's trainer (``contract.trainer``) runs the steps (PyTorch: an
-explicit loop; Keras: ``fit`` with a custom ``train_step``) and hands every finished step to ``Monitor``, which
-records it, evaluates, saves the run state and draws the progress bar the same way for both.
+(a model file, as ``llmdual.save`` writes; a LoRA model's base weights), ``.lora.safetensors`` (a LoRA model's
+adapters, as ``llmdual.save_lora`` writes), ``.optim.safetensors`` (the optimizer state: AdamW moments of the
+trained weights) and ``.json`` (step, recipe, history). Each backend's trainer (``contract.trainer``) runs the
+steps (PyTorch: an explicit loop; Keras: ``fit`` with a custom ``train_step``) and hands every finished step to
+``Monitor``, which records it, evaluates, saves the run state and draws the progress bar the same way for both.
 """
 
 from __future__ import annotations
@@ -16,18 +17,22 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from llmdual.api import read_model, save, set_weights
+from llmdual.api import get_weights, read_model, save, set_weights
 from llmdual.config import Config
 from llmdual.contract import backend_name, backend_of
 from llmdual.evaluate import mean_loss
-from llmdual.io import atomic_write, read_optimizer_state, write_optimizer_state
+from llmdual.io import atomic_write, read_optimizer_state, write_model_file, write_optimizer_state
+from llmdual.lora import check_compatible, describe, read_lora, save_lora
 from llmdual.recipe import Batch, BatchFn, History, TrainConfig
-from llmdual.weights import canonical_shapes
+from llmdual.weights import canonical_shapes, trainable_shapes
+
+if TYPE_CHECKING:
+    from llmdual.lora import LoraSpec
 
 
 def batch_source(data: Any, cfg: TrainConfig) -> tuple[BatchFn, list[Batch]]:
@@ -87,7 +92,13 @@ def save_run_state(model: Any, moments: dict[str, np.ndarray], step: int, cfg: T
     that marks it complete) into ``cfg.checkpoint_dir``; return its prefix."""
     prefix = run_state_prefix(cfg.checkpoint_dir, step)
     prefix.parent.mkdir(parents=True, exist_ok=True)
-    save(model, prefix.with_suffix(".safetensors"))
+    if model.lora is None:
+        save(model, prefix.with_suffix(".safetensors"))
+    else:
+        weights = get_weights(model)
+        base = {name: weights[name] for name in canonical_shapes(model.config, model.task)}
+        write_model_file(prefix.with_suffix(".safetensors"), model.config, model.task, base)
+        save_lora(model, prefix.with_suffix(".lora.safetensors"))
     write_optimizer_state(prefix.with_suffix(".optim.safetensors"), moments)
     state = {"step": step, "train_config": cfg.to_dict(), "history": history.to_dict()}
     atomic_write(prefix.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(state, indent=1)))
@@ -116,18 +127,29 @@ def restore_run_state(model: Any, resume: str | Path) -> tuple[int, dict[str, np
     if config != model.config or task != model.task:
         raise ValueError(f"run state {prefix} holds a {task} model of {config}, not this {model.task} model "
                          f"of {model.config}")
+    lora_file = prefix.with_suffix(".lora.safetensors")
+    if lora_file.is_file() != (model.lora is not None):
+        held = "LoRA adapters" if lora_file.is_file() else "no LoRA adapters"
+        raise ValueError(f"run state {prefix} holds {held}, the model "
+                         + (f"has adapters ({describe(model.lora)})" if model.lora else "has none: add_lora first"))
+    if model.lora is not None:
+        spec, lora_config, lora_task, adapters = read_lora(lora_file)
+        check_compatible(model, spec, lora_config, lora_task, str(lora_file))
+        weights = {**weights, **adapters}
     optim = prefix.with_suffix(".optim.safetensors")
-    moments = check_moments(read_optimizer_state(optim), model.config, model.task, source=str(optim))
+    moments = check_moments(read_optimizer_state(optim), model.config, model.task, source=str(optim), lora=model.lora)
     set_weights(model, weights)
     history = History.from_dict({**state["history"], "backend": backend_name(model)})
     return int(state["step"]), moments, history
 
 
 def check_moments(moments: Mapping[str, np.ndarray], config: Config, task: str,
-                  source: str = "optimizer state") -> dict[str, np.ndarray]:
-    """AdamW moments ``m.<name>``/``v.<name>`` if their names, shapes (canonical) and dtype (float32) fit the
-    model; else ``ValueError`` listing the problems, before any value reaches an optimizer."""
-    expected = {f"{key}.{name}": shape for name, shape in canonical_shapes(config, task).items() for key in "mv"}
+                  source: str = "optimizer state", lora: LoraSpec | None = None) -> dict[str, np.ndarray]:
+    """AdamW moments ``m.<name>``/``v.<name>`` of the trained weights (``lora``'s adapters alone, if given) if
+    their names, shapes (canonical) and dtype (float32) fit the model; else ``ValueError`` listing the problems,
+    before any value reaches an optimizer."""
+    expected = {f"{key}.{name}": shape for name, shape in trainable_shapes(config, task, lora).items()
+                for key in "mv"}
     problems = [f"missing {name}" for name in expected if name not in moments]
     problems += [f"unexpected {name}" for name in sorted(moments) if name not in expected]
     for name, shape in expected.items():

@@ -18,6 +18,8 @@ The naming rule is GPT-2's own (as in its published checkpoints, without a ``tra
     lm_head.weight              [vocab_size, d_model]   LM only, when tie_embeddings is False
     score.weight                [d_model, num_classes]  classifier only
     score.bias                  [num_classes]           classifier only
+    h.{i}.attn.c_attn.lora_A    [d_model, r]            LoRA adapters, once added (``llmdual.lora``): on any
+    h.{i}.attn.c_attn.lora_B    [r, 3*d_model]          of c_attn, attn.c_proj, c_fc, mlp.c_proj
 
 Layout rule: every projection matrix is stored ``[in, out]`` (GPT-2's Conv1D layout, so ``y = x @ W + b``);
 embeddings (and an untied ``lm_head``) are ``[rows, d_model]``. Each backend converts to and from this
@@ -28,10 +30,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from llmdual.config import Config
+
+if TYPE_CHECKING:
+    from llmdual.lora import LoraSpec
 
 TASKS = ("lm", "classifier")
 
@@ -43,8 +49,9 @@ def check_task(task: str) -> str:
     return task
 
 
-def canonical_shapes(config: Config, task: str = "lm") -> dict[str, tuple[int, ...]]:
-    """Every canonical parameter name mapped to its shape, in a fixed order."""
+def canonical_shapes(config: Config, task: str = "lm", lora: LoraSpec | None = None) -> dict[str, tuple[int, ...]]:
+    """Every canonical parameter name mapped to its shape, in a fixed order; ``lora`` appends its adapters
+    (``h.{i}.attn.c_attn.lora_A`` ``[in, r]``, ``...lora_B`` ``[r, out]``, see ``llmdual.lora``)."""
     check_task(task)
     C, F = config.d_model, config.d_ff
     shapes: dict[str, tuple[int, ...]] = {
@@ -74,7 +81,14 @@ def canonical_shapes(config: Config, task: str = "lm") -> dict[str, tuple[int, .
     if task == "classifier":
         shapes["score.weight"] = (C, config.num_classes)
         shapes["score.bias"] = (config.num_classes,)
+    if lora is not None:
+        shapes.update(lora.shapes(config))
     return shapes
+
+
+def trainable_shapes(config: Config, task: str = "lm", lora: LoraSpec | None = None) -> dict[str, tuple[int, ...]]:
+    """The weights training updates, in canonical order: the adapters when the model has LoRA, else every one."""
+    return dict(lora.shapes(config)) if lora is not None else canonical_shapes(config, task)
 
 
 def init_weights(config: Config, task: str = "lm", seed: int = 0) -> dict[str, np.ndarray]:
@@ -100,13 +114,14 @@ def init_weights(config: Config, task: str = "lm", seed: int = 0) -> dict[str, n
 
 
 def check_weights(
-    weights: Mapping[str, np.ndarray], config: Config, task: str = "lm"
+    weights: Mapping[str, np.ndarray], config: Config, task: str = "lm", lora: LoraSpec | None = None
 ) -> dict[str, np.ndarray]:
-    """Validate names, shapes, dtypes and values against the canonical layout; return float32 arrays in order.
+    """Validate names, shapes, dtypes and values against the canonical layout (with ``lora``'s adapters); return
+    float32 arrays in order.
 
     Raises ``ValueError`` listing every missing, unexpected, mis-shaped, non-float and non-finite entry.
     """
-    expected = canonical_shapes(config, task)
+    expected = canonical_shapes(config, task, lora)
     arrays = {n: _to_numpy(v) for n, v in weights.items() if n in expected}
     parts = [
         ("missing", [n for n in expected if n not in weights]),
@@ -182,6 +197,24 @@ def from_hf_gpt2(
         tie_embeddings=tied,
     )
     return config, check_weights(arrays, config, "lm")
+
+
+def to_hf_gpt2(weights: Mapping[str, np.ndarray], config: Config) -> tuple[dict[str, np.ndarray], dict[str, object]]:
+    """The inverse of ``from_hf_gpt2``: canonical LM weights as a ``GPT2LMHeadModel`` state dict (numpy) and the
+    dict of its ``config.json`` (``transformers.GPT2Config(**hf_config)``)."""
+    weights = check_weights(weights, config, "lm")
+    state = {("lm_head.weight" if name == "lm_head.weight" else f"transformer.{name}"): value.copy()
+             for name, value in weights.items()}
+    if config.tie_embeddings:
+        state["lm_head.weight"] = state["transformer.wte.weight"].copy()
+    hf_config = {
+        "model_type": "gpt2", "vocab_size": config.vocab_size, "n_positions": config.max_seq_len,
+        "n_embd": config.d_model, "n_layer": config.n_layers, "n_head": config.n_heads, "n_inner": config.d_ff,
+        "layer_norm_epsilon": config.norm_eps, "activation_function": "gelu_new",
+        "resid_pdrop": config.dropout, "embd_pdrop": config.dropout, "attn_pdrop": config.dropout,
+        "tie_word_embeddings": config.tie_embeddings,
+    }
+    return state, hf_config
 
 
 def _to_numpy(value: object) -> np.ndarray:

@@ -134,11 +134,14 @@ def test_bars_pick_the_fastest_generator_and_judge_the_target():
         _run("hf-eager", "train", "tokens_per_s", None, status="failed", reason="boom"),
     ])
     by_key = {bar["key"]: bar for bar in bars.evaluate(doc)}
-    assert by_key["generate"]["numerator"] == "ort-torch-export"
-    assert by_key["generate"]["ratio"] == pytest.approx(2.0)
-    assert by_key["generate"]["verdict"].startswith("pass")
-    assert by_key["torch-train"]["verdict"] == "not measured"
-    assert "torch-eager train: not run" in by_key["torch-train"]["reason"] and "boom" in by_key["torch-train"]["reason"]
+    best = by_key["generate-best"]
+    assert best["numerator"] == "ort-torch-export" and best["denominator"] == "hf-eager"
+    assert best["ratio"] == pytest.approx(2.0) and best["verdict"].startswith("pass")
+    assert by_key["torch-eager-generate"]["ratio"] == pytest.approx(1.0)
+    assert by_key["torch-eager-generate"]["verdict"].startswith("pass")  # 1.0 >= 0.95
+    train = by_key["torch-eager-train"]
+    assert train["verdict"] == "not measured"
+    assert "torch-eager train: not run" in train["reason"] and "boom" in train["reason"]
 
 
 def test_bars_pair_rounds_so_load_changes_between_rounds_stay_out():
@@ -149,14 +152,16 @@ def test_bars_pair_rounds_so_load_changes_between_rounds_stay_out():
     doc = results.build_document({}, {}, [_run(e, "train", "tokens_per_s", v, rnd)
                                           for rnd, pair in enumerate((quiet, busy))
                                           for e, v in zip(("torch-eager", "hf-eager"), pair)])
-    [bar] = [b for b in bars.evaluate(doc) if b["key"] == "torch-train"]
+    [bar] = [b for b in bars.evaluate(doc) if b["key"] == "torch-eager-train"]
     assert bar["per_round"] == pytest.approx([2.0, 2.0]) and bar["ratio"] == pytest.approx(2.0)
-    assert bar["verdict"].startswith("pass")  # target 1.10
+    assert bar["verdict"].startswith("pass")  # target 0.95
 
 
 def test_selection_expands_bar_keys_and_refuses_unknown_names():
-    engines_, workloads = bars.selection(["torch-train", "kv-keras"])
+    engines_, workloads = bars.selection(["torch-eager-train", "kv-keras"])
     assert engines_ == ("torch-eager", "hf-eager", "keras-tensorflow") and workloads == ("train", "kv")
+    engines_, workloads = bars.selection(["generate-best"])
+    assert {"torch-eager", "keras-jax", "hf-eager", "kerashub-jax"} <= set(engines_) and workloads == ("generate",)
     assert bars.selection(None) == (bars.DEFAULT_ENGINES, bars.BAR_WORKLOADS)
     assert bars.selection(["nanogpt"]) == (("nanogpt",), bars.BAR_WORKLOADS)
     with pytest.raises(ValueError, match="unknown engine or bar 'torch-fast'"):
@@ -190,6 +195,6 @@ def test_reference_engines_run_in_the_same_stack_and_the_bar_is_a_view_of_the_ru
     assert done.returncode == 0, done.stderr
     view = (tmp_path / "out" / "perf-bar.md").read_text()
     rows = {line.split("|")[1].strip(): line for line in view.splitlines() if line.startswith("| ")}
-    assert "hf-eager" in rows["torch-train"] and "not measured" not in rows["torch-train"]
-    assert "torch-eager" in rows["generate"] and "x [" in rows["generate"]
-    assert "not measured" in rows["kerashub-generate"] and "llmdual[reference]" in rows["kerashub-generate"]
+    assert "hf-eager" in rows["torch-eager-train"] and "not measured" not in rows["torch-eager-train"]
+    assert "torch-eager" in rows["generate-best"] and "x [" in rows["generate-best"]
+    assert "not measured" in rows["keras-jax-train"] and "llmdual[reference]" in rows["keras-jax-train"]

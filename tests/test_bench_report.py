@@ -1,4 +1,4 @@
-"""The results document (schema, files) and its rendering: tables, Markdown recommendation, PNG charts."""
+"""The results document (schema, files) and its rendering: tables, the Markdown verdict, PNG charts."""
 
 import copy
 import io
@@ -9,7 +9,7 @@ import pytest
 from matplotlib.image import imread
 from rich.console import Console
 
-from llmdual.bench import charts, report, results
+from llmdual.bench import charts, report, results, verdict
 from llmdual.config import Config
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -150,37 +150,38 @@ def test_flops_are_derived_for_ok_throughput_cases(doc):
 
 def test_markdown_names_the_winner_with_its_interval(doc):
     md = report.markdown_report(doc, "training")
-    [line] = [l for l in md.splitlines() if l.startswith("- **train**")]
+    [line] = [l for l in md.splitlines() if l.startswith("- **train**, throughput")]
     torch = next(c for c in doc["cases"] if c["engine"] == "torch-eager" and c["workload"] == "train")
     jax = next(c for c in doc["cases"] if c["engine"] == "keras-jax" and c["workload"] == "train")
     factor = np.median(torch["measurements"]["tokens_per_s"]) / np.median(jax["measurements"]["tokens_per_s"])
     assert "**PyTorch** wins" in line and f"{factor:.2f}×" in line and "95% CI" in line and "Keras/JAX" in line
     assert "within noise" not in line
-    assert "## Recommendation (priority: training)" in md
+    assert "## Verdict (priority: training)" in md
     assert "keras-tensorflow train was crashed" in md and "SIGKILL" in md
     for section in ("## Environment", "## Settings", "### train", "### infer", "### generate"):
         assert section in md
 
 
 def test_markdown_says_within_noise_for_overlapping_samples(doc):
-    lines = report.recommendation(doc, "inference")
-    [infer] = [l for l in lines if l.startswith("- **infer**")]
+    lines = verdict.verdict(doc, "inference")
+    [infer] = [l for l in lines if l.startswith("- **infer**, throughput")]
     assert "within noise" in infer and "** wins" not in infer and "neither wins" in infer
     assert "PyTorch" in infer and "Keras/JAX" in infer
     assert any("no framework is ahead beyond noise" in l for l in lines)
 
 
 def test_memory_priority_compares_peak_memory(doc):
-    lines = report.recommendation(doc, "memory")
-    [train] = [l for l in lines if l.startswith("- **train**")]
-    assert "peak RSS" in train and "**PyTorch** wins" in train and "lower" in train
-    assert "Only one measurement each" in train
+    lines = verdict.verdict(doc, "memory")
+    train = lines[0]  # the memory priority puts memory first
+    assert train.startswith("- **train**, peak RSS")
+    assert "**PyTorch** wins" in train and "lower" in train
+    assert "One measurement each" in train
     with pytest.raises(ValueError, match="priority"):
-        report.recommendation(doc, "speed")
+        verdict.verdict(doc, "speed")
 
 
 def test_a_single_framework_has_nothing_to_compare(doc):
-    [line] = [l for l in report.recommendation(doc, "generation") if l.startswith("- **generate**")]
+    [line] = [l for l in verdict.verdict(doc, "generation") if l.startswith("- **generate**, tokens/s")]
     assert "only PyTorch ran" in line
 
 
@@ -218,7 +219,8 @@ def _check_png(path):
 
 def test_report_writes_markdown_and_valid_pngs(doc, tmp_path):
     pngs = charts.write_charts(doc, tmp_path / "report")
-    assert sorted(p.name for p in pngs) == ["throughput_generate.png", "throughput_infer.png", "throughput_train.png"]
+    assert sorted(p.name for p in pngs) == ["memory.png", "throughput_generate.png", "throughput_infer.png",
+                                            "throughput_train.png", "warmup.png"]
     for path in pngs:
         _check_png(path)
     md = report.write_report(doc, tmp_path / "report", "training", pngs).read_text()
@@ -237,7 +239,7 @@ def test_reference_engines_are_ranked_but_never_recommended(doc):
     mixed = results.build_document({}, {"seed": 0}, runs)
     [group] = [g for g in mixed["summary"]["groups"] if g["metric"] == "tokens_per_s"]
     assert [e["engine"] for e in group["entries"]] == ["hf-eager", "torch-eager"]
-    [line] = [line for line in report.recommendation(mixed, "training") if line.startswith("- **train**")]
+    [line] = [line for line in verdict.verdict(mixed, "training") if line.startswith("- **train**, throughput")]
     assert "only PyTorch ran" in line and "HF" not in line
 
 
@@ -250,5 +252,5 @@ def test_sweep_plot_is_written_when_batch_sizes_vary(tmp_path):
     _check_png(tmp_path / "sweep_infer_batch_size.png")
     header, rows = report.workload_table(doc, "infer")
     assert "batch_size" in header and len(rows) == 8
-    lines = report.recommendation(doc, "inference")
-    assert sum(l.startswith("- **infer** (batch_size ") for l in lines) == 4
+    lines = verdict.verdict(doc, "inference")
+    assert sum(l.startswith("- **infer** (batch_size ") and ", throughput:" in l for l in lines) == 4

@@ -109,7 +109,7 @@ def test_every_subcommand_has_help(command):
     assert out.startswith("usage: llmdual " + command) and "--" in out
 
 
-def test_compare_forwards_to_the_benchmark_script():
+def test_compare_runs_the_benchmark_command_line():
     assert "--engines" in cli("compare", "--help").stdout
 
 

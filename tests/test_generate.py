@@ -76,15 +76,17 @@ def test_generation_stops_at_end_of_text(models):
     np.testing.assert_array_equal(out, full[: list(full).index(eot)])
 
 
-def test_kv_cache_state_grows_by_one_position_per_step(models, backend):
+def test_kv_cache_is_static_and_fills_one_slot_per_step(models, backend):
     decoder = decoder_for(models[backend], use_cache=True)
     ids, mask = left_pad([[1, 2, 3]], pad_id=0)
-    logits, state = decoder.prefill(ids, mask)
+    logits, state = decoder.prefill(ids, mask, max_len=10)
     assert logits.shape == (1, models[backend].config.vocab_size) and logits.dtype == np.float32
     mask = np.concatenate([mask, np.ones((1, 1), np.int64)], axis=1)
     _, state2 = decoder.step(np.array([[4]]), mask, state)
-    length = lambda s: np.shape(s[0][0])[-2]  # noqa: E731  (layer 0, keys: [B, H, T, D])
-    assert length(state2) == length(state) + 1 == 4
+    keys = np.asarray(state2.cache[0][0])  # layer 0: [B, H, L, D]
+    assert keys.shape[2] == np.shape(state.cache[0][0])[2] == 16  # allocated once, at the length bucket
+    assert keys[:, :, :4].any(axis=-1).all() and not keys[:, :, 4:].any()  # slots 0-3 written, no more
+    assert state2.ids.tolist() == [[1, 2, 3, 4]]
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,7 @@ ONE_SIDED = {
     "api.py": {"value_and_grad"},  # Keras runs on three autodiff engines; PyTorch has one (.backward)
     "weights.py": {"variable"},  # PyTorch resolves canonical names with get_parameter; Keras walks its layers
     "export.py": {"Graph"},  # torch.onnx exports a module: a wrapper fixes the exported signature
-    "decode.py": {"compiled"},  # Keras layers called eagerly on TensorFlow cost more than a step's arithmetic
+    "lora.py": {"LoraLinear"},  # Keras' Dense has LoRA built in (enable_lora); PyTorch's nn.Linear has none
     # Training the Keras way (compile/fit) needs a schedule object, an optimizer subclass matching PyTorch's
     # AdamW, the batch as the dict train_step takes, a data Sequence and a callback, where PyTorch's explicit
     # loop sets the learning rate itself and uses torch.optim.AdamW as is.

@@ -20,22 +20,6 @@ ATOL = 1e-4
 KINDS = ("lm", "classifier", "lm-kv")
 
 
-def weights(config: llmdual.Config, task: str) -> dict[str, np.ndarray]:
-    """The seed-0 initialization with matrices scaled up, so greedy decoding picks varied tokens."""
-    return {k: v * 8 if v.ndim == 2 else v for k, v in llmdual.init_weights(config, task, 0).items()}
-
-
-@pytest.fixture(scope="session")
-def config() -> llmdual.Config:
-    return llmdual.Config.preset("tiny")
-
-
-@pytest.fixture(scope="session")
-def models(config):
-    return {(b, t): llmdual.build(config, b, t, weights=weights(config, t)) for b in ("torch", "keras")
-            for t in ("lm", "classifier")}
-
-
 @pytest.fixture(scope="session")
 def exports(models, tmp_path_factory):
     folder = tmp_path_factory.mktemp("onnx")

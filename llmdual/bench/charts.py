@@ -6,9 +6,21 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-from llmdual.bench.report import metric_of, point_label, varying
+from llmdual.bench.engines import ENGINES
 from llmdual.bench.results import WORKLOAD_METRICS, WORKLOADS
+from llmdual.bench.units import metric_of, point_label, varying
+from llmdual.bench.verdict import MEMORY_METRICS
 from llmdual.io import atomic_write
+
+# One colour per framework in every chart of every run; engines with a non-default setting (``jit_compile=True``,
+# ``torch.compile``) are hatched, so XLA and non-XLA Keras/TensorFlow stay apart.
+FRAMEWORK_COLOURS = {
+    "PyTorch": "#ee4c2c", "Keras/TensorFlow": "#ff8f00", "Keras/JAX": "#1a73e8", "Keras/PyTorch": "#8e24aa",
+    "ONNX Runtime": "#546e7a", "HF/PyTorch": "#f4b400", "nanoGPT/PyTorch": "#795548",
+    "keras-hub/tensorflow": "#ffcc80", "keras-hub/jax": "#90caf9", "keras-hub/torch": "#ce93d8",
+}
+OTHER_COLOUR = "#9e9e9e"
+COMPILED_HATCH = "//"
 
 
 def available() -> bool:
@@ -37,9 +49,33 @@ def _save(fig: Any, path: Path) -> Path:
     return atomic_write(path, lambda tmp: FigureCanvasAgg(fig).print_png(tmp))
 
 
-def _colors(doc: dict[str, Any]) -> dict[str, str]:
-    frameworks = sorted({c["framework"] for c in doc["cases"]})
-    return {fw: f"C{i % 10}" for i, fw in enumerate(frameworks)}
+def _hatch(engine: str) -> str:
+    return COMPILED_HATCH if engine in ENGINES and ENGINES[engine].needs else ""
+
+
+def _legend(ax: Any, cases: list[dict[str, Any]], title: str) -> None:
+    """Framework colours, plus the hatch's meaning when a hatched engine is drawn."""
+    handles = [_patch(facecolor=FRAMEWORK_COLOURS.get(fw, OTHER_COLOUR), label=fw)
+               for fw in sorted({c["framework"] for c in cases})]
+    needs = sorted({ENGINES[c["engine"]].needs for c in cases if _hatch(c["engine"])})
+    if needs:
+        handles.append(_patch(facecolor="white", edgecolor="black", hatch=COMPILED_HATCH, label=" / ".join(needs)))
+    ax.legend(handles=handles, fontsize="small", title=title, title_fontsize="small")
+
+
+def _bars(ax: Any, cases: list[dict[str, Any]], metric: str, title: str) -> None:
+    """Median per engine with its 95% interval, coloured by framework; title and y label name ``metric``."""
+    stats = [c["stats"][metric] for c in cases]
+    medians = [s["median"] for s in stats]
+    errors = [[m - s["ci_low"] for m, s in zip(medians, stats)], [s["ci_high"] - m for m, s in zip(medians, stats)]]
+    ax.bar(range(len(cases)), medians, yerr=errors, capsize=4, edgecolor="black", linewidth=0.5,
+           color=[FRAMEWORK_COLOURS.get(c["framework"], OTHER_COLOUR) for c in cases],
+           hatch=[_hatch(c["engine"]) for c in cases])
+    ax.set_xticks(range(len(cases)), [c["engine"] for c in cases], rotation=30, ha="right")
+    label = metric_of(metric)
+    ax.set_ylabel(f"{label.label} ({label.unit})")
+    ax.set_title(title, fontsize="medium")
+    _legend(ax, cases, "median, 95% CI")
 
 
 def _caption(doc: dict[str, Any], point: dict[str, Any]) -> str:
@@ -53,29 +89,61 @@ def _caption(doc: dict[str, Any], point: dict[str, Any]) -> str:
     return ", ".join(p for p in parts if p)
 
 
+def _panels(doc: dict[str, Any], groups: list[dict[str, Any]], name: str, title: Any, out_dir: Path) -> Path:
+    """One PNG of bar panels, one per summary group; ``title(group)`` names each panel's metric."""
+    widest = max(len(g["entries"]) for g in groups)
+    fig = _figure(figsize=(max(5.0, 2.0 + 1.2 * widest) * len(groups), 4.8))
+    for ax, group in zip(fig.subplots(1, len(groups), squeeze=False)[0], groups):
+        cases = [doc["cases"][e["case"]] for e in group["entries"]]
+        _bars(ax, cases, group["metric"], f"{title(group)}\n{_caption(doc, group['point'])}")
+    fig.tight_layout()
+    return _save(fig, out_dir / f"{name}.png")
+
+
+def _groups(doc: dict[str, Any], metrics: tuple[str, ...], workload: str | None = None) -> list[dict[str, Any]]:
+    return [g for g in doc["summary"]["groups"] if g["metric"] in metrics and workload in (None, g["workload"])]
+
+
 def plot_throughput(doc: dict[str, Any], out_dir: Path) -> list[Path]:
     """One PNG per workload: the headline metric per engine (median, 95% CI error bars), one panel per point."""
-    colors, paths = _colors(doc), []
+    paths = []
     for workload in WORKLOADS:
-        metric = WORKLOAD_METRICS[workload][0]
-        groups = [g for g in doc["summary"]["groups"] if g["workload"] == workload and g["metric"] == metric]
-        if not groups:
-            continue
-        fig = _figure(figsize=(max(5.0, 2.0 + 1.2 * max(len(g["entries"]) for g in groups)) * len(groups), 4.5))
-        for ax, group in zip(fig.subplots(1, len(groups), squeeze=False)[0], groups):
-            cases = [doc["cases"][e["case"]] for e in group["entries"]]
-            medians = [c["stats"][metric]["median"] for c in cases]
-            errors = [[m - c["stats"][metric]["ci_low"] for m, c in zip(medians, cases)],
-                      [c["stats"][metric]["ci_high"] - m for m, c in zip(medians, cases)]]
-            ax.bar(range(len(cases)), medians, yerr=errors, capsize=4, color=[colors[c["framework"]] for c in cases])
-            ax.set_xticks(range(len(cases)), [c["engine"] for c in cases], rotation=30, ha="right")
-            ax.set_ylabel(f"{metric_of(metric).label} ({metric_of(metric).unit})")
-            ax.set_title(f"{workload}: {_caption(doc, group['point'])}", fontsize="medium")
-            frameworks = sorted({c["framework"] for c in cases})
-            ax.legend(handles=[_patch(color=colors[fw], label=fw) for fw in frameworks], fontsize="small",
-                      title="median, 95% CI", title_fontsize="small")
+        groups = _groups(doc, (WORKLOAD_METRICS[workload][0],), workload)
+        if groups:
+            paths.append(_panels(doc, groups, f"throughput_{workload}",
+                                 lambda g: f"{g['workload']}: {metric_of(g['metric']).label}", out_dir))
+    return paths
+
+
+def plot_costs(doc: dict[str, Any], out_dir: Path) -> list[Path]:
+    """Peak memory and warm-up/compilation time per engine, a panel per workload and point; generation latency
+    (per-token p50 and p99, time to first token) where generation ran."""
+    paths = []
+    for name, metrics in (("memory", MEMORY_METRICS), ("warmup", ("warmup_s",))):
+        groups = _groups(doc, metrics)
+        if groups:
+            paths.append(_panels(doc, groups, name, lambda g: f"{g['workload']}: {metric_of(g['metric']).label}",
+                                 out_dir))
+    latency = _groups(doc, ("token_latency_s",), "generate")
+    for group in latency:
+        cases = [doc["cases"][e["case"]] for e in group["entries"]]
+        fig = _figure(figsize=(max(5.0, 2.0 + 1.2 * len(cases)) * 3, 4.8))
+        panels = [("token_latency_s", "p50", "per-token latency p50"), ("token_latency_s", "p99",
+                  "per-token latency p99"), ("ttft_s", "median", "time to first token")]
+        for ax, (metric, stat, label) in zip(fig.subplots(1, 3), panels):
+            having = [c for c in cases if metric in c["stats"]]
+            values = [c["stats"][metric][stat] for c in having]
+            ax.bar(range(len(having)), values, edgecolor="black", linewidth=0.5,
+                   color=[FRAMEWORK_COLOURS.get(c["framework"], OTHER_COLOUR) for c in having],
+                   hatch=[_hatch(c["engine"]) for c in having])
+            ax.set_xticks(range(len(having)), [c["engine"] for c in having], rotation=30, ha="right")
+            ax.set_ylabel(f"{label} (s)")
+            ax.set_title(f"generate: {label}\n{_caption(doc, group['point'])}", fontsize="medium")
+            _legend(ax, having, "lower is better")
         fig.tight_layout()
-        paths.append(_save(fig, out_dir / f"throughput_{workload}.png"))
+        point = group["point"]
+        suffix = "" if len(latency) == 1 else f"_b{point.get('batch_size')}_t{point.get('seq_len')}"
+        paths.append(_save(fig, out_dir / f"latency_generate{suffix}.png"))
     return paths
 
 
@@ -97,10 +165,12 @@ def plot_sweeps(doc: dict[str, Any], out_dir: Path) -> list[Path]:
             for label, points in sorted(series.items()):
                 points.sort(key=lambda xc: xc[0])
                 xs, st = [x for x, _ in points], [c["stats"][metric] for _, c in points]
-                ys = [s["median"] for s in st]
+                ys, first = [s["median"] for s in st], points[0][1]
                 ax.errorbar(xs, ys, yerr=[[y - s["ci_low"] for y, s in zip(ys, st)],
                                           [s["ci_high"] - y for y, s in zip(ys, st)]],
-                            marker="o", capsize=3, label=label)
+                            marker="o", capsize=3, label=label,
+                            color=FRAMEWORK_COLOURS.get(first["framework"], OTHER_COLOUR),
+                            linestyle="--" if _hatch(first["engine"]) else "-")
             ax.set_xscale("log", base=2)
             ax.set_xlabel(axis)
             ax.set_ylabel(f"{metric_of(metric).label} ({metric_of(metric).unit})")
@@ -118,5 +188,6 @@ def _patch(**options: Any) -> Any:
 
 
 def write_charts(doc: dict[str, Any], out_dir: str | Path) -> list[Path]:
-    """Throughput bars per workload and, where a sweep ran, lines over batch size or sequence length."""
-    return plot_throughput(doc, Path(out_dir)) + plot_sweeps(doc, Path(out_dir))
+    """Throughput bars per workload, memory, warm-up and generation latency and, where a sweep ran, lines over
+    batch size or sequence length."""
+    return plot_throughput(doc, Path(out_dir)) + plot_costs(doc, Path(out_dir)) + plot_sweeps(doc, Path(out_dir))

@@ -10,18 +10,23 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmdual.bench import charts, env, expected, report, runner
-from llmdual.bench.engines import ENGINES, not_applicable, skip_reason
+from llmdual.bench import charts, env, expected, report, runner, verdict
+from llmdual.bench.engines import ENGINES, LLMDUAL_ENGINES, not_applicable, skip_reason
 from llmdual.bench.results import WORKLOADS, Record, append_jsonl, build_document, write_json
 from llmdual.bench.runner import CaseSpec
 from llmdual.config import PRESETS, Config
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 DEVICES = ("auto", "cpu", "cuda")
-# Opt-in: torch-compile (a minute of compilation on 2 CPU cores), the reference implementations (perf_bar.py) and
-# classify/kv; the default run must finish on 2 cores in under 5 minutes, start-ups and exports included.
-DEFAULT_ENGINES = tuple(e for e, row in ENGINES.items() if not row.reference and e != "torch-compile")
+# The default run measures real work: every llmdual engine, compiled ones included, at 8 x 256 tokens per step
+# and 64 new tokens after a 64-token prompt, and still finishes on 2 CPU cores in about 5 minutes. The reference
+# implementations (perf_bar.py) and classify/kv are opt-in.
+DEFAULT_ENGINES = LLMDUAL_ENGINES
 DEFAULT_WORKLOADS = ("train", "infer", "generate")
+DEFAULT_PROMPT_LEN = 64  # the command line's prompt (at most the sequence length); Options' None means the latter
+# ``--quick``: the small shapes that measure per-op overhead more than work, without compilation (about 2 minutes).
+QUICK: dict[str, Any] = {"batch_sizes": (2,), "seq_lens": (64,), "prompt_len": None, "new_tokens": 8,
+                         "engines": tuple(e for e in LLMDUAL_ENGINES if e != "torch-compile")}
 
 
 class NoDevice(RuntimeError):
@@ -35,10 +40,10 @@ class Options:
     preset: str = "small"
     engines: tuple[str, ...] = DEFAULT_ENGINES
     workloads: tuple[str, ...] = DEFAULT_WORKLOADS
-    batch_sizes: tuple[int, ...] = (2,)
-    seq_lens: tuple[int, ...] = (64,)
+    batch_sizes: tuple[int, ...] = (8,)
+    seq_lens: tuple[int, ...] = (256,)
     prompt_len: int | None = None  # generation prompt length; None: the sequence length
-    new_tokens: int = 8
+    new_tokens: int = 64
     sweep: bool = False
     precision: str = "fp32"
     tf32: bool = False
@@ -68,8 +73,8 @@ class Options:
             problems.append(f"precision must be one of {sorted(DTYPES)}, got {self.precision!r}")
         if self.device not in DEVICES:
             problems.append(f"device must be one of {DEVICES}, got {self.device!r}")
-        if self.priority not in report.PRIORITIES:
-            problems.append(f"priority must be one of {sorted(report.PRIORITIES)}, got {self.priority!r}")
+        if self.priority not in verdict.PRIORITIES:
+            problems.append(f"priority must be one of {sorted(verdict.PRIORITIES)}, got {self.priority!r}")
         if not self.sweep and (len(self.batch_sizes) > 1 or len(self.seq_lens) > 1):
             problems.append("several batch sizes or sequence lengths need --sweep")
         for name in ("new_tokens", "repeats", "rounds"):

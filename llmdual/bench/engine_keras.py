@@ -118,7 +118,7 @@ class KerasRuntime(Runtime):
         return self.contract.trainer(self.model, cfg.replace(jit_compile=self.jit_compile)).step  # floats: done
 
     def decoder(self, use_cache: bool = True) -> Any:
-        return self.contract.decoder(self.model, use_cache)
+        return self.contract.decoder(self.model, use_cache, self.jit_compile)
 
     def probe_flops(self) -> float:
         n = PROBE_SIZE["cuda" if self.cuda else "cpu"]

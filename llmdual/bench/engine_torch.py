@@ -33,9 +33,10 @@ class Autocast:
     def __init__(self, decoder: Any, autocast: Callable[[], contextlib.AbstractContextManager]):
         self.decoder, self.autocast, self.max_seq_len = decoder, autocast, decoder.max_seq_len
 
-    def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[np.ndarray, object]:
+    def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray,
+                max_len: int | None = None) -> tuple[np.ndarray, object]:
         with self.autocast():
-            return self.decoder.prefill(input_ids, attention_mask)
+            return self.decoder.prefill(input_ids, attention_mask, max_len)
 
     def step(self, next_ids: np.ndarray, attention_mask: np.ndarray, state: object) -> tuple[np.ndarray, object]:
         with self.autocast():
@@ -107,7 +108,7 @@ class TorchRuntime(Runtime):
         return self.backend.trainer(self.model, cfg).step  # Python floats: the step has finished on the device
 
     def decoder(self, use_cache: bool = True) -> Any:
-        decoder = self.backend.decoder(self.model, use_cache)
+        decoder = self.backend.decoder(self.model, use_cache, self.compile)
         return decoder if self.dtype == torch.float32 else Autocast(decoder, self.autocast)
 
     def probe_flops(self) -> float:

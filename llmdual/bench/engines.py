@@ -35,13 +35,14 @@ class Engine:
     skips: Mapping[str, str] = field(default_factory=dict)  # workload -> why it does not apply
     tolerance: float | None = None  # replaces the precision's parity tolerance where the model itself differs
     note: str = ""
+    needs: str = ""  # the non-default setting this engine stands for (``jit_compile=True``), named in verdicts
+    default: str | None = None  # the engine of the same framework with its default settings
 
 
 _TORCH, _KERAS = "llmdual.bench.engine_torch:TorchRuntime", "llmdual.bench.engine_keras:KerasRuntime"
 _ORT, _REF = "llmdual.bench.engine_onnx:OrtRuntime", "llmdual.bench.engine_reference"
 _ORT_SKIPS = {"train": "onnxruntime runs exported inference graphs only",
               "kv": "the ONNX decoder graph always uses its cache"}
-_EAGER_DECODE = "llmdual's {} decoder runs its cached steps without it (see {})"
 _REF_SKIPS = {"classify": "the reference GPT-2s are language models only",
               "kv": "the KV-cache bar measures llmdual's own decoders"}
 _KERAS_ORT = ("keras", "tensorflow", "tf2onnx", "onnx", "onnxruntime")
@@ -54,12 +55,12 @@ def _kerashub(suffix: str, backend: str, module: str, jit_compile: bool) -> Engi
 
 ENGINES: dict[str, Engine] = {e.name: e for e in (
     Engine("torch-eager", "PyTorch", ("torch",), _TORCH, {"compile": False}),
-    Engine("torch-compile", "PyTorch", ("torch",), _TORCH, {"compile": True},
-           skips=dict.fromkeys(("generate", "kv"), _EAGER_DECODE.format("PyTorch", "torch-eager"))),
+    Engine("torch-compile", "PyTorch", ("torch",), _TORCH, {"compile": True}, needs="torch.compile",
+           default="torch-eager"),
     Engine("keras-tensorflow", "Keras/TensorFlow", ("keras", "tensorflow"), _KERAS, {"jit_compile": False},
            "tensorflow"),
     Engine("keras-tensorflow-xla", "Keras/TensorFlow", ("keras", "tensorflow"), _KERAS, {"jit_compile": True},
-           "tensorflow", skips=dict.fromkeys(("generate", "kv"), _EAGER_DECODE.format("Keras", "keras-tensorflow"))),
+           "tensorflow", needs="jit_compile=True", default="keras-tensorflow"),
     Engine("keras-jax", "Keras/JAX", ("keras", "jax", "jaxlib"), _KERAS, {"jit_compile": True}, "jax"),
     Engine("keras-torch", "Keras/PyTorch", ("keras", "torch"), _KERAS, {"jit_compile": False}, "torch"),
     Engine("ort-torch-export", "ONNX Runtime", ("torch", "onnx", "onnxscript", "onnxruntime"), _ORT,

@@ -60,6 +60,16 @@ def cpu_model(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
+def bf16_features(cpuinfo: str | Path = "/proc/cpuinfo") -> list[str]:
+    """The CPU's native bf16 instruction sets (``amx_bf16``, ``avx512_bf16``), from ``/proc/cpuinfo``."""
+    try:
+        text = Path(cpuinfo).read_text(errors="replace")
+    except OSError:
+        return []
+    flags = next((line.partition(":")[2].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return [f for f in ("amx_bf16", "avx512_bf16") if f in flags]
+
+
 def memory_gb(meminfo: str | Path = "/proc/meminfo") -> float | None:
     """Total RAM in GiB from ``/proc/meminfo``, or ``None`` where that file does not exist."""
     try:
@@ -119,6 +129,7 @@ def capture(threads: int | None = None, flags: Mapping[str, Any] | None = None) 
         "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "cpu_usable": usable,
+        "cpu_bf16": bf16_features(),
         "threads": threads,
         "memory_gb": memory_gb(),
         "gpus": gpus(),

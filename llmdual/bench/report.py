@@ -1,52 +1,18 @@
-"""Render a results document: workload tables (rich in a terminal, plain text without it), a Markdown report
-with a recommendation. Everything reads only the document, so a report can be rebuilt from a saved file."""
+"""Render a results document: workload tables (rich in a terminal, plain text without it) and a Markdown report
+with the verdict. Everything reads only the document, so a report can be rebuilt from a saved file."""
 
 from __future__ import annotations
 
 import importlib.util
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from llmdual.bench.engines import is_reference
-from llmdual.bench.results import METRICS, POINT_KEYS, WORKLOAD_METRICS, WORKLOADS, Metric, write_text
+from llmdual.bench.results import WORKLOAD_METRICS, WORKLOADS, write_text
+from llmdual.bench.units import format_flops, format_value, metric_of, varying
+from llmdual.bench.verdict import MEMORY_METRICS, verdict
+from llmdual.config import Config
 from llmdual.report import table
-
-# Which workloads (and so which summary groups) each stated priority is decided on.
-PRIORITIES: dict[str, tuple[str, ...]] = {
-    "training": ("train",),
-    "inference": ("infer", "classify"),
-    "generation": ("generate",),
-    "memory": WORKLOADS,
-}
-MEMORY_METRICS = ("peak_device_mb", "peak_rss_mb")
-
-
-def format_value(value: float | None, unit: str) -> str:
-    """A figure with its unit, scaled for reading (seconds as ms/µs, MB as GB, thousands separators)."""
-    if value is None:
-        return "–"
-    if unit == "s":
-        if value < 1e-3:
-            return f"{value * 1e6:.3g} µs"
-        return f"{value * 1e3:.3g} ms" if value < 1 else f"{value:.3g} s"
-    if unit == "MB" and value >= 1024:
-        return f"{value / 1024:.2f} GB"
-    return f"{value:,.0f} {unit}" if value >= 100 else f"{value:.3g} {unit}"
-
-
-def metric_of(name: str) -> Metric:
-    return METRICS.get(name, Metric(name, "", True))
-
-
-def varying(points: Sequence[dict[str, Any]]) -> list[str]:
-    """Point keys whose values differ between the given points (the only ones worth printing)."""
-    return [k for k in POINT_KEYS if len({json.dumps(p.get(k)) for p in points}) > 1]
-
-
-def point_label(point: dict[str, Any], keys: Sequence[str]) -> str:
-    return ", ".join(f"{k} {point.get(k)}" for k in keys)
 
 
 def _numbers(settings: dict[str, Any]) -> list[Any]:
@@ -60,11 +26,6 @@ def _sort_key(value: Any) -> tuple[int, float]:
 def _entries(doc: dict[str, Any]) -> dict[tuple[int, str], dict[str, Any]]:
     """Summary ranking entries by (case index, metric)."""
     return {(e["case"], g["metric"]): e for g in doc["summary"]["groups"] for e in g["entries"]}
-
-
-def format_flops(value: float) -> str:
-    """FLOP/s in the largest unit that keeps the figure >= 1 (GFLOP/s on CPUs, TFLOP/s on GPUs)."""
-    return f"{value / 1e12:.3g} TFLOP/s" if value >= 1e12 else f"{value / 1e9:.3g} GFLOP/s"
 
 
 def workload_table(doc: dict[str, Any], workload: str, compact: bool = False) -> tuple[list[str], list[list[str]]]:
@@ -93,7 +54,8 @@ def workload_table(doc: dict[str, Any], workload: str, compact: bool = False) ->
             entry = entries.get((index, primary))
             rel = "–" if entry is None else (
                 "fastest" if entry["relative"] == 1.0 else
-                f"{entry['relative']:.2f}× [{entry['relative_ci'][0]:.2f}–{entry['relative_ci'][1]:.2f}]")
+                f"{entry['relative']:.2f}× [{entry['relative_ci'][0]:.2f}–{entry['relative_ci'][1]:.2f}]"
+                + (" noise" if entry["within_noise"] else ""))
             spread = format_value(s[primary]["iqr"], unit)
             if not compact:
                 spread += (f"; {format_value(s[primary]['ci_low'], unit)}–"
@@ -152,64 +114,40 @@ def print_tables(doc: dict[str, Any], console: Any = None) -> None:
             (console or print)(f"{workload}\n{table(header, rows, markdown=False)}\n")
 
 
-def _decision(group: dict[str, Any], keys: Sequence[str]) -> tuple[str, str | None, bool]:
-    """One recommendation bullet for a group, the winning framework (None if none is clear), and noise."""
-    metric, entries = metric_of(group["metric"]), group["entries"]
-    where = f"**{group['workload']}**" + (f" ({point_label(group['point'], keys)})" if keys else "")
-    best = entries[0]
-    head = f"{where}, {metric.label}: "
-    rival = next((e for e in entries if e["framework"] != best["framework"]), None)
-    if rival is None:
-        return head + f"only {best['framework']} ran ({best['engine']}); nothing to compare.", None, False
-    factor, low, high = 1 / rival["relative"], 1 / rival["relative_ci"][1], 1 / rival["relative_ci"][0]
-    better = "higher" if group["higher_is_better"] else "lower"
-    figures = (f"{best['engine']} {format_value(best['median'], metric.unit)} vs {rival['engine']} "
-               f"{format_value(rival['median'], metric.unit)}")
-    interval = f"{factor:.2f}× (95% CI {low:.2f}–{high:.2f}×)"
-    caveat = " Only one measurement each, so the interval is degenerate." if min(best["n"], rival["n"]) < 2 else ""
-    if rival["within_noise"]:
-        text = (f"within noise — {best['framework']} and {rival['framework']} differ by {interval}, "
-                f"an interval that contains 1, so neither wins ({figures}).")
-        return head + text + caveat, None, True
-    text = (f"**{best['framework']}** wins: {interval} {better} {metric.label} than "
-            f"{rival['framework']}, the next framework ({figures}).")
-    return head + text + caveat, best["framework"], False
-
-
-def recommendation(doc: dict[str, Any], priority: str) -> list[str]:
-    """Markdown bullets: per workload (and point) which framework wins and by how much, or that it is noise."""
-    if priority not in PRIORITIES:
-        raise ValueError(f"unknown priority {priority!r}; choose one of {sorted(PRIORITIES)}")
-    workloads = PRIORITIES[priority]
-    groups = [{**g, "entries": [e for e in g["entries"] if not is_reference(e["engine"])]}
-              for g in doc["summary"]["groups"] if g["workload"] in workloads
-              and (g["metric"] in MEMORY_METRICS) == (priority == "memory")]
-    groups = [g for g in groups if g["entries"]]
-    lines, wins, noise = [], {}, 0
-    for group in groups:
-        keys = varying([g["point"] for g in groups if g["workload"] == group["workload"]])
-        text, winner, is_noise = _decision(group, keys)
-        lines.append(f"- {text}")
-        noise += is_noise
-        if winner:
-            wins[winner] = wins.get(winner, 0) + 1
-    if wins:
-        tally = ", ".join(f"{fw} {n}" for fw, n in sorted(wins.items(), key=lambda kv: -kv[1]))
-        lines.append(f"- Overall for {priority}: clear wins by framework: {tally}; within noise: {noise} "
-                     f"of {len(groups)} comparisons.")
-    elif noise:
-        lines.append(f"- Overall for {priority}: no framework is ahead beyond noise on this data.")
-    elif not groups:
-        lines.append(f"- No successful cases for {', '.join(workloads)}: nothing to recommend.")
-    for case in doc["cases"]:
-        if case["workload"] in workloads and case["status"] != "ok" and not is_reference(case["engine"]):
-            lines.append(f"- Not compared: {case['engine']} {case['workload']} was {case['status']} "
-                         f"({(case['reason'] or '')[:160]}).")
+def settings_lines(settings: dict[str, Any]) -> list[str]:
+    """The settings a result depends on, in words ("matmul peak 324 GFLOP/s"), not a raw dump."""
+    lines = []
+    if isinstance(settings.get("config"), dict):
+        c = Config.from_dict(settings["config"])
+        lines.append(f"- Model: {settings.get('preset', 'custom')}, {c.parameter_count():,} parameters "
+                     f"(vocab {c.vocab_size}, {c.n_layers} layers, width {c.d_model}, {c.n_heads} heads, "
+                     f"context {c.max_seq_len})")
+    if settings.get("points"):
+        shapes = ", ".join(f"{b} × {t}" for b, t in settings["points"])
+        prompt = settings.get("prompt_len") or "the sequence length"
+        lines.append(f"- Batch × sequence: {shapes}; generation: prompt {prompt}, "
+                     f"{settings.get('new_tokens', '?')} new tokens, greedy")
+    if settings.get("dtype"):
+        tf32 = ", TF32 on" if settings.get("tf32") else ""
+        lines.append(f"- Precision {settings['dtype']}{tf32} on {settings.get('device', '?')}, "
+                     f"{settings.get('threads', '?')} threads per engine")
+    if settings.get("engines"):
+        lines.append(f"- Engines: {', '.join(settings['engines'])}; workloads: {', '.join(settings['workloads'])}")
+    if settings.get("repeats"):
+        budget = f", at most {settings['budget_s']:g} s timed per case" if settings.get("budget_s") else ""
+        lines.append(f"- Timing: {settings.get('warmup', '?')} warm-up + {settings['repeats']} timed repeats per "
+                     f"case{budget}, {settings.get('rounds', 1)} round(s) of fresh processes, seed "
+                     f"{settings.get('seed', 0)}")
+    if settings.get("tolerance") is not None:
+        lines.append(f"- Checked before timing: logits within {settings['tolerance']:g} of PyTorch eager float32")
+    if settings.get("probe_flops"):
+        lines.append(f"- Matmul peak {format_flops(float(settings['probe_flops']))} "
+                     f"({settings.get('probe_source', 'matmul probe')})")
     return lines
 
 
 def markdown_report(doc: dict[str, Any], priority: str, charts: Sequence[Path] = ()) -> str:
-    """The whole Markdown report: environment, settings, one table per workload, recommendation, charts."""
+    """The whole Markdown report: environment, settings, verdict, one table per workload, charts."""
     env = doc["env"]
     packages = ", ".join(f"{k} {v or 'not installed'}" for k, v in (env.get("packages") or {}).items())
     gpus = "; ".join(f"{g['name']} (driver {g['driver']})" for g in env.get("gpus") or []) or "none"
@@ -217,9 +155,9 @@ def markdown_report(doc: dict[str, Any], priority: str, charts: Sequence[Path] =
            f"- When: {env.get('timestamp', '?')}; Python {env.get('python', '?')} on {env.get('platform', '?')}",
            (f"- CPU: {env.get('cpu_model', '?')}, {env.get('cpu_usable', '?')} of {env.get('cpu_count', '?')} "
             f"cores usable, threads {env.get('threads') or 'default'}, memory {env.get('memory_gb', '?')} GB"),
-           f"- GPUs: {gpus}", f"- Packages: {packages or '?'}", "", "## Settings", ""]
-    out += [f"- {key}: `{json.dumps(value)}`" for key, value in doc["settings"].items()]
-    out += ["", "## Results", ""]
+           f"- GPUs: {gpus}", f"- Packages: {packages or '?'}", "", "## Settings", "",
+           *settings_lines(doc["settings"]), "", f"## Verdict (priority: {priority})", "",
+           *verdict(doc, priority), "", "## Results", ""]
     for workload in WORKLOADS:
         header, rows = workload_table(doc, workload)
         if rows:
@@ -227,7 +165,6 @@ def markdown_report(doc: dict[str, Any], priority: str, charts: Sequence[Path] =
     sources = sorted({c["flops"]["peak_source"] for c in doc["cases"] if (c.get("flops") or {}).get("peak_source")})
     if sources:
         out += [f"MFU is judged against: {', '.join(sources)}.", ""]
-    out += [f"## Recommendation (priority: {priority})", "", *recommendation(doc, priority), ""]
     if charts:
         out += ["## Charts", "", *(f"![{p.stem}]({p.name})" for p in charts), ""]
     return "\n".join(out)

@@ -46,6 +46,7 @@ METRICS: dict[str, Metric] = {
     "kv_recompute_s": Metric("recompute step", "s", False),
     "peak_rss_mb": Metric("peak RSS", "MB", False),
     "peak_device_mb": Metric("peak device memory", "MB", False),
+    "warmup_s": Metric("warm-up and compilation", "s", False),
 }
 # Metrics each workload reports; the first is the headline figure ranked in tables and charts.
 WORKLOAD_METRICS: dict[str, tuple[str, ...]] = {
@@ -143,6 +144,8 @@ def _case(runs: list[Record], seed: int) -> dict[str, Any]:
         rss = run.scalars.get("peak_rss_mb") or run.child_peak_rss_mb
         if rss is not None:
             measurements.setdefault("peak_rss_mb", []).append(float(rss))
+        if _finite(run.scalars.get("warmup_s")):
+            measurements.setdefault("warmup_s", []).append(float(run.scalars["warmup_s"]))
     device = [r.scalars["peak_device_mb"] for r in measured if "peak_device_mb" in r.scalars]
     if device and len(device) == len(measured):
         measurements["peak_device_mb"] = [float(v) for v in device]
@@ -229,7 +232,7 @@ def summarize_cases(cases: list[dict[str, Any]], seed: int = 0) -> dict[str, Any
     groups = []
     for workload, point, members in sorted(points.values(), key=lambda g: WORKLOADS.index(g[0])):
         memory = "peak_device_mb" if all("peak_device_mb" in c["stats"] for _, c in members) else "peak_rss_mb"
-        for metric in (*WORKLOAD_METRICS[workload], memory):
+        for metric in (*WORKLOAD_METRICS[workload], memory, "warmup_s"):
             having = [(i, c) for i, c in members if metric in c["stats"]]
             if having:
                 groups.append(_group(workload, point, metric, having, seed))

@@ -53,7 +53,7 @@ def greedy(decoder: Any, prompt: np.ndarray, new_tokens: int) -> Generation:
     mask = np.ones_like(prompt)
     tokens = np.zeros((B, new_tokens), dtype=np.int64)
     start = time.perf_counter()
-    logits, state = decoder.prefill(prompt, mask)
+    logits, state = decoder.prefill(prompt, mask, prompt.shape[1] + new_tokens - 1)
     first_logits = logits
     tokens[:, 0] = logits.argmax(-1)
     ttft = time.perf_counter() - start

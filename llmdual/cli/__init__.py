@@ -31,7 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "compare":  # everything after it belongs to benchmarks/compare.py, --help included
-        return _guard("compare", lambda: compare.forward(argv[1:]))
+        return _guard("compare", lambda: compare.run(argv[1:]))
     args = parser().parse_args(argv)
     return _guard(args.command, lambda: args.func(args))
 

@@ -70,7 +70,7 @@ def export(args: argparse.Namespace) -> int:
     model = llmdual.load(args.checkpoint, args.backend)
     options = {"kv_cache": True} if args.kv_cache else {}
     result = export_model(model, args.out, format=args.format, **options)
-    print(f"wrote {result.path} ({args.format}, {result.path.stat().st_size / 1e6:.2f} MB), verified against the "
+    print(f"wrote {result.path} ({args.format}, {result.file_bytes / 1e6:.2f} MB), verified against the "
           f"native {args.backend} model")
     return 0
 
@@ -108,12 +108,14 @@ def add(sub: argparse._SubParsersAction) -> None:
 
     from llmdual.export import FORMATS
 
-    x = sub.add_parser("export", help="export a model file (ONNX)",
+    x = sub.add_parser("export", help="export a model file (ONNX, torch.export, AOTInductor, SavedModel, LiteRT)",
                        formatter_class=fmt, description="Export a model file; every export is verified against "
                        "the native model at other shapes before it is kept.")
     x.add_argument("checkpoint", type=existing_file, help="model file (.safetensors)")
     x.add_argument("out", type=Path, help="file or folder to write")
     x.add_argument("--backend", choices=["torch", "keras"], default="torch")
-    x.add_argument("--format", default="onnx", choices=FORMATS)
-    x.add_argument("--kv-cache", action="store_true", help="ONNX: export the KV-cache decoder (for serving)")
+    x.add_argument("--format", default="onnx", choices=list(FORMATS),
+                   help="onnx (either backend); torch-export, aoti (torch: .pt2 files); saved-model, litert "
+                   "(keras: folders)")
+    x.add_argument("--kv-cache", action="store_true", help="export the KV-cache decoder step (for serving)")
     x.set_defaults(func=export)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -44,6 +44,7 @@ from llmdual.keras_backend.api import (  # noqa: E402
     loss_and_grads,
 )
 from llmdual.keras_backend.decode import decoder  # noqa: E402
+from llmdual.keras_backend.lora import add_lora, remove_lora  # noqa: E402
 from llmdual.keras_backend.train import train, trainer  # noqa: E402
 from llmdual.keras_backend.weights import get_weights, set_weights  # noqa: E402
 
@@ -72,7 +73,31 @@ def run_signature(model: keras.Model, sig: Any, feeds: dict[str, np.ndarray]) ->
     return export.run(model, sig, feeds)
 
 
+def native_formats() -> tuple[str, ...]:
+    """The formats this backend exports to natively, besides ONNX (``llmdual.export`` names)."""
+    from llmdual.keras_backend import native  # imported on first use: the exporters load much of the framework
+
+    return native.FORMATS
+
+
+def export_native(model: keras.Model, sig: Any, example: dict[str, np.ndarray], path: str, format: str,
+                  metadata: dict[str, str]) -> None:
+    """Write ``model`` at ``path`` in a native ``format`` with ``sig``'s inputs, outputs and dynamic axes, traced
+    on ``example``, carrying ``metadata``."""
+    from llmdual.keras_backend import native
+
+    native.save(model, sig, example, path, format, metadata)
+
+
+def load_native(path: str, format: str) -> tuple[Callable[[dict[str, np.ndarray]], list[np.ndarray]], dict[str, str]]:
+    """A native export's runner (feeds by input name in, outputs in signature order out) and its metadata."""
+    from llmdual.keras_backend import native
+
+    return native.load(path, format)
+
+
 __all__ = [
-    "NAME", "build", "decoder", "forward", "get_weights", "intermediates", "loss_and_grads", "onnx_graph",
-    "onnx_opsets", "run_signature", "set_weights", "train", "trainer",
+    "NAME", "add_lora", "build", "decoder", "forward", "get_weights", "intermediates", "loss_and_grads",
+    "onnx_graph", "onnx_opsets", "remove_lora", "run_signature", "set_weights", "train", "trainer",
+    "export_native", "load_native", "native_formats",
 ]

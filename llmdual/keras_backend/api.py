@@ -8,8 +8,9 @@ from keras import ops
 
 from llmdual.config import Config
 from llmdual.keras_backend.model import GPT, Classifier, cross_entropy
-from llmdual.keras_backend.weights import canonical_shapes, stored_transposed, variable
+from llmdual.keras_backend.weights import stored_transposed, variable
 from llmdual.validate import check_labels, index_array
+from llmdual.weights import trainable_shapes
 
 NAME = "keras"
 MODELS = {"lm": GPT, "classifier": Classifier}
@@ -35,9 +36,10 @@ def forward(model: keras.Model, input_ids: np.ndarray, attention_mask: np.ndarra
 def loss_and_grads(
     model: keras.Model, input_ids: np.ndarray, targets: np.ndarray, attention_mask: np.ndarray | None = None
 ) -> tuple[float, dict[str, np.ndarray]]:
-    """Cross-entropy loss (dropout off) and its gradient w.r.t. every canonical weight, canonical layout."""
+    """Cross-entropy loss (dropout off) and its gradient w.r.t. every trainable canonical weight (the adapters
+    alone once the model has LoRA), canonical layout."""
     check_labels(targets, model.task, np.shape(input_ids), model.config)  # the ids are checked by the model
-    names = list(canonical_shapes(model.config, model.task))
+    names = list(trainable_shapes(model.config, model.task, model.lora))
     variables = [variable(model, n) for n in names]
     ids, mask, y = _tensor(input_ids), _tensor(attention_mask), _tensor(targets)
 
@@ -72,9 +74,14 @@ def value_and_grad(loss_fn, variables):
         return loss.detach(), grads
     if backend == "jax":
         import jax
+        from keras.src.backend.common.stateless_scope import get_stateless_scope
+
+        outer = get_stateless_scope()  # fit's stateless step: it holds the values of the variables not differentiated
 
         def stateless(values):
-            with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+            with keras.StatelessScope(state_mapping=list(zip(variables, values))) as scope:
+                if outer is not None:  # frozen (LoRA) variables: fit keeps their values in its state alone
+                    scope.state_mapping = {**outer.state_mapping, **scope.state_mapping}
                 return loss_fn()
 
         return jax.value_and_grad(stateless)([v.value for v in variables])

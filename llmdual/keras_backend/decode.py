@@ -1,66 +1,102 @@
 """Decoding steps for a Keras GPT behind ``llmdual.decoding.Decoder``. Mirrors ``llmdual/torch_backend/decode.py``.
 
-Numpy in, numpy out: ids and the attention mask (past + new tokens) go in, the last position's float32 logits
-come out with an opaque state (the KV cache, or the ids so far when recomputing). Left padding is handled by
-the mask and ``position_ids = cumsum(mask) - 1``; an unpadded batch skips both. On TensorFlow the step runs
-as one ``tf.function`` graph (traced for a few shape patterns, then reused): called eagerly, Keras' per-layer
-overhead would cost more than the step's arithmetic. Other Keras backends call the layers directly.
+Numpy in, numpy out, over a static KV cache (``llmdual.decoding.StaticDecoder``): per-layer buffers allocated
+once and updated by ``ops.slice_update`` in ``forward_static``. Compiled per Keras backend: on TensorFlow one
+``tf.function`` graph (XLA with ``compile``), on JAX ``jax.jit`` over the model's variables passed as state;
+both compile once per input shape, so the step once per (batch, cache length). On torch the layers run eagerly.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import keras
 import numpy as np
 from keras import ops
 
-from llmdual.decoding import StepDecoder, padded_positions
+from llmdual.decoding import StaticDecoder
 from llmdual.validate import index_array
 
 
-class Decoder(StepDecoder):
-    """Prefill and step a causal LM with its KV cache (``use_cache``) or by recomputing the whole prefix."""
+class Decoder(StaticDecoder):
+    """Prefill and step a causal LM over its static KV cache (``use_cache``) or by recomputing the whole prefix;
+    ``compile``: XLA on TensorFlow (JAX always compiles, torch runs eagerly)."""
 
-    def __init__(self, model: keras.Model, use_cache: bool = True):
+    def __init__(self, model: keras.Model, use_cache: bool = True, compile: bool = False):
         if model.task != "lm":
             raise ValueError(f"generation needs a task 'lm' model, got task {model.task!r}")
-        self.model, self.use_cache = model, use_cache
+        self.model, self.use_cache, self.config = model, use_cache, model.config
         self.max_seq_len = model.config.max_seq_len
-        self._forward = compiled(model)
+        self._step = compiled(model, compile)
 
-    def _run(self, ids: np.ndarray, mask: np.ndarray, past: list | None) -> tuple[np.ndarray, object]:
-        """One ``forward_cached`` call: mask and positions only when some row is padded."""
-        positions = padded_positions(mask, ids.shape[1])
-        padded = positions is not None
-        logits, present = self._forward(
-            self._tensor(ids), past, self._tensor(mask) if padded else None, self._tensor(positions)
-        )
-        last = np.asarray(ops.convert_to_numpy(logits[:, -1]), dtype=np.float32)
-        return last, (present if self.use_cache else ids)
+    def _allocate(self, batch: int, length: int) -> list:
+        c = self.config
+        shape = (batch, c.n_heads, length, c.d_model // c.n_heads)
+        return [(ops.zeros(shape, self.model.compute_dtype), ops.zeros(shape, self.model.compute_dtype))
+                for _ in range(c.n_layers)]
 
-    def _tensor(self, array: np.ndarray | None):
-        return None if array is None else ops.convert_to_tensor(index_array(array))
+    def _grow(self, cache: list, length: int) -> list:
+        extra = length - self._length(cache)
+        return [tuple(ops.pad(buffer, ((0, 0), (0, 0), (0, extra), (0, 0))) for buffer in layer) for layer in cache]
 
+    def _length(self, cache: list) -> int:
+        return int(cache[0][0].shape[2])
 
-def compiled(model: keras.Model):
-    """The model's ``forward_cached`` as a TensorFlow graph function on the TensorFlow backend, made once per
-    model and kept on it so every ``generate`` call reuses its traces (shapes relaxed after a second trace, so
-    growing caches share one graph); the plain method on other backends. A graph cannot look at its inputs'
-    values, so the graph's caller runs the model's eager ``check_inputs`` on them first."""
-    if keras.backend.backend() != "tensorflow":
-        return model.forward_cached
-    graph = getattr(model, "_decode_graph", None)
-    if graph is None:
-        import tensorflow as tf
+    def _forward(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, cache: list,
+                 start: int) -> tuple[np.ndarray, list]:
+        """One ``forward_static`` call (compiled on TensorFlow and JAX) for the prefill and every step."""
+        logits, cache = self._step(self._tensor(ids), cache, ops.convert_to_tensor(np.int32(start)),
+                                   self._tensor(mask), self._tensor(positions))
+        return np.asarray(ops.convert_to_numpy(logits), dtype=np.float32), cache
 
-        graph = model._decode_graph = tf.function(model.forward_cached, reduce_retracing=True)
-
-    def checked(input_ids, past_key_values=None, attention_mask=None, position_ids=None):
-        model.check_inputs(input_ids, attention_mask, past_key_values, position_ids)
-        return graph(input_ids, past_key_values, attention_mask, position_ids)
-
-    return checked
+    def _tensor(self, array: np.ndarray):
+        return ops.convert_to_tensor(index_array(array))
 
 
-def decoder(model: keras.Model, use_cache: bool = True) -> Decoder:
-    """The contract's decoder: prefill and step ``model`` with its KV cache (``use_cache``) or by recomputing."""
-    return Decoder(model, use_cache)
+def compiled(model: keras.Model, compile: bool) -> Callable:
+    """The model's ``forward_static`` compiled for this Keras backend, made once per model (and ``compile``) and
+    kept on it so every generation reuses its traces: a ``tf.function`` (``jit_compile=compile``) on TensorFlow,
+    ``jax.jit`` over ``keras.StatelessScope`` on JAX, the eager method under ``torch.no_grad`` on torch."""
+    backend = keras.backend.backend()
+    if backend == "torch":
+        import torch
+
+        def eager(ids, cache, start, mask, positions):
+            with torch.no_grad():  # a Python int start: slice_update's fast path (slicing, no index grid)
+                return model.forward_static(ids, cache, int(start), mask, positions)
+
+        return eager
+    name = f"_static_step_{backend}_{'xla' if compile or backend == 'jax' else 'graph'}"
+    step = getattr(model, name, None)
+    if step is None:
+        step = _tf_function(model, compile) if backend == "tensorflow" else _jax_jit(model)
+        object.__setattr__(model, name, step)  # not a tracked attribute: Keras must not save or walk it
+    return step
+
+
+def _tf_function(model: keras.Model, jit_compile: bool) -> Callable:
+    """``forward_static`` as one TensorFlow graph; without XLA its shapes relax after a second trace."""
+    import tensorflow as tf
+
+    return tf.function(model.forward_static, jit_compile=jit_compile, reduce_retracing=not jit_compile)
+
+
+def _jax_jit(model: keras.Model) -> Callable:
+    """``forward_static`` as a pure JAX function of the model's variables, jitted (the cache is not donated: a
+    state stays valid after the step that read it, as the ``Decoder`` protocol lets callers reuse one)."""
+    import jax
+
+    variables = model.trainable_variables + model.non_trainable_variables
+
+    def pure(values, ids, cache, start, mask, positions):
+        with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+            return model.forward_static(ids, cache, start, mask, positions)
+
+    jitted = jax.jit(pure)
+    return lambda *args: jitted([v.value for v in variables], *args)
+
+
+def decoder(model: keras.Model, use_cache: bool = True, compile: bool = False) -> Decoder:
+    """The contract's decoder: prefill and step ``model`` over its static KV cache (``use_cache``) or by
+    recomputing; ``compile``: XLA on TensorFlow."""
+    return Decoder(model, use_cache, compile)

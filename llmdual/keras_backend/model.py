@@ -17,7 +17,8 @@ NEG_INF = -1e9  # finite "minus infinity": exp() underflows to exactly 0 in fp32
 
 
 class Attention(keras.layers.Layer):
-    """Multi-head self-attention with a fused qkv projection and an optional KV cache."""
+    """Multi-head self-attention with a fused qkv projection and an optional KV cache: ``past`` is grown by
+    concatenation, or with ``start`` it is a static cache whose buffers take the new keys and values in place."""
 
     def __init__(self, config: Config, **kwargs):
         super().__init__(**kwargs)
@@ -32,13 +33,16 @@ class Attention(keras.layers.Layer):
         self.c_attn.build(input_shape)
         self.c_proj.build(input_shape)
 
-    def call(self, x, attn_mask=None, causal=True, past=None, training=None):
+    def call(self, x, attn_mask=None, causal=True, past=None, start=None, training=None):
         B, T, C = ops.shape(x)[0], ops.shape(x)[1], x.shape[-1]
         q, k, v = ops.split(self.c_attn(x), 3, axis=-1)
         q = ops.transpose(ops.reshape(q, (B, T, self.n_heads, C // self.n_heads)), (0, 2, 1, 3))  # (B, nh, T, hs)
         k = ops.transpose(ops.reshape(k, (B, T, self.n_heads, C // self.n_heads)), (0, 2, 1, 3))
         v = ops.transpose(ops.reshape(v, (B, T, self.n_heads, C // self.n_heads)), (0, 2, 1, 3))
-        if past is not None:
+        if start is not None:
+            k = ops.cast(ops.slice_update(past[0], (0, 0, start, 0), ops.cast(k, past[0].dtype)), q.dtype)  # (B, nh, L, hs)
+            v = ops.cast(ops.slice_update(past[1], (0, 0, start, 0), ops.cast(v, past[1].dtype)), q.dtype)
+        elif past is not None:
             k = ops.concatenate([past[0], k], axis=2)  # (B, nh, T_past + T, hs)
             v = ops.concatenate([past[1], v], axis=2)
         att = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2))) * ops.cast(1.0 / np.sqrt(C // self.n_heads), q.dtype)
@@ -82,9 +86,10 @@ class Block(keras.layers.Layer):
         for layer in (self.ln_1, self.attn, self.ln_2, self.mlp):
             layer.build(input_shape)
 
-    def call(self, x, attn_mask=None, causal=True, past=None, training=None):
+    def call(self, x, attn_mask=None, causal=True, past=None, start=None, training=None):
         """Block output, its (k, v) cache, and the residual stream between attention and MLP (for tracing)."""
-        a, present = self.attn(self.ln_1(x), attn_mask=attn_mask, causal=causal, past=past, training=training)
+        a, present = self.attn(self.ln_1(x), attn_mask=attn_mask, causal=causal, past=past, start=start,
+                               training=training)
         mid = x + a
         return mid + self.mlp(self.ln_2(mid), training=training), present, mid
 
@@ -93,6 +98,7 @@ class Transformer(keras.Model):
     """Embeddings, the stack of blocks and the final norm shared by the LM and the classifier."""
 
     causal = True
+    lora = None  # the model's llmdual.lora.LoraSpec once it has adapters (see lora.py)
 
     def __init__(self, config: Config | dict, **kwargs):
         super().__init__(**kwargs)
@@ -127,21 +133,27 @@ class Transformer(keras.Model):
                 err._keras_call_info_injected = True  # Keras' marker: raise the message as is, as the others do
                 raise
 
-    def hidden(self, input_ids, attention_mask=None, past=None, position_ids=None, trace=None, training=None):
-        """Final-normed hidden states (B, T, C) and the per-layer (k, v) cache."""
-        self.check_inputs(input_ids, attention_mask, past, position_ids)
-        T = ops.shape(input_ids)[1]
-        past_len = 0 if past is None else ops.shape(past[0][0])[2]
+    def hidden(self, input_ids, attention_mask=None, past=None, position_ids=None, trace=None, training=None,
+               start=None):
+        """Final-normed hidden states (B, T, C) and the per-layer (k, v) cache; with ``start``, ``past`` is a
+        static cache written at slots ``start``.. and ``attention_mask`` covers its slots (see ``forward_static``)."""
+        if start is None:
+            self.check_inputs(input_ids, attention_mask, past, position_ids)
+            T, past_len = ops.shape(input_ids)[1], 0 if past is None else ops.shape(past[0][0])[2]
+            attn_mask = attention_bias(attention_mask, T, past_len, self.causal)
+        else:
+            T, past_len = ops.shape(input_ids)[1], start
+            attn_mask = cache_bias(attention_mask, start, T)
         if position_ids is None:
-            position_ids = ops.expand_dims(ops.arange(past_len, past_len + T), 0)
-        attn_mask = attention_bias(attention_mask, T, past_len, self.causal)
+            position_ids = ops.expand_dims(past_len + ops.arange(T), 0)
         x = self.drop(self.wte(input_ids) + self.wpe(position_ids), training=training)
         if trace is not None:
             trace.append(x)
         present = []
         for i, block in enumerate(self.h):
             x, kv, mid = block(
-                x, attn_mask=attn_mask, causal=self.causal, past=None if past is None else past[i], training=training
+                x, attn_mask=attn_mask, causal=self.causal, past=None if past is None else past[i], start=start,
+                training=training,
             )
             present.append(kv)
             if trace is not None:
@@ -188,6 +200,17 @@ class GPT(Transformer):
         x, present = self.hidden(input_ids, attention_mask, past_key_values, position_ids)
         return self.head(x), present
 
+    def forward_static(self, input_ids, cache, start, attention_mask, position_ids):
+        """Logits of the last new token (B, vocab_size) and the static cache holding the new tokens too.
+
+        ``cache``: per-layer ``(k, v)`` buffers (B, n_heads, L, head_dim), updated with ``ops.slice_update`` at
+        slots ``start`` (a 0-d int tensor) onwards; ``attention_mask`` (B, L) marks real tokens among the slots
+        (unwritten slots are never attended); ``position_ids`` (B, T). Inputs are not validated here: the
+        decoder checks them.
+        """
+        x, present = self.hidden(input_ids, attention_mask, cache, position_ids, start=start)
+        return self.head(x[:, -1]), present
+
 
 @keras.saving.register_keras_serializable(package="llmdual")
 class Classifier(Transformer):
@@ -225,6 +248,15 @@ def attention_bias(attention_mask, T, past_len, causal):
     allowed = allowed[None, None]  # (1, 1, T, S)
     if attention_mask is not None:
         allowed = ops.logical_and(allowed, ops.cast(attention_mask, "bool")[:, None, None, :])
+    return ops.logical_or(allowed, ops.equal(k_pos, q_pos)[None, None])
+
+
+def cache_bias(attention_mask, start, T):
+    """Boolean mask (B, 1, T, L) over a static cache's L slots for queries at slots ``start``..: causal, real
+    tokens of ``attention_mask`` (B, L) only, and each query always itself (no NaN on padding)."""
+    q_pos = ops.expand_dims(start + ops.arange(T, dtype="int32"), 1)
+    k_pos = ops.expand_dims(ops.arange(ops.shape(attention_mask)[1], dtype="int32"), 0)
+    allowed = ops.logical_and(ops.less_equal(k_pos, q_pos)[None, None], ops.cast(attention_mask, "bool")[:, None, None, :])
     return ops.logical_or(allowed, ops.equal(k_pos, q_pos)[None, None])
 
 

@@ -20,12 +20,13 @@ from llmdual.keras_backend.model import cross_entropy
 from llmdual.keras_backend.weights import stored_transposed, variable
 from llmdual.recipe import Batch, BatchFn, History, TrainConfig, check_batch, lr_at, micro_weights
 from llmdual.training import Monitor, check_moments, restore_run_state
-from llmdual.weights import canonical_shapes
+from llmdual.weights import trainable_shapes
 
 
 def parameters(model: keras.Model) -> dict[str, keras.Variable]:
-    """Trainable tensors by canonical name, in canonical order (so the gradient norm sums in one order)."""
-    return {name: variable(model, name) for name in canonical_shapes(model.config, model.task)}
+    """Trainable tensors by canonical name (the adapters alone once the model has LoRA), in canonical order (so
+    the gradient norm sums in one order)."""
+    return {name: variable(model, name) for name in trainable_shapes(model.config, model.task, model.lora)}
 
 
 class LearningRate(keras.optimizers.schedules.LearningRateSchedule):
@@ -100,7 +101,7 @@ def moments(optimizer: AdamW, model: keras.Model) -> dict[str, np.ndarray]:
 def load_moments(optimizer: AdamW, model: keras.Model, state: dict[str, np.ndarray], step: int) -> None:
     """Restore the moments written by ``moments`` and the step count their bias correction needs; ``ValueError``
     (``check_moments``) before the optimizer is touched if a name, shape or dtype does not fit."""
-    state = check_moments(state, model.config, model.task)
+    state = check_moments(state, model.config, model.task, lora=model.lora)
     for name, p in parameters(model).items():
         index = optimizer._get_variable_index(p)
         for key, slots in (("m", optimizer._momentums), ("v", optimizer._velocities)):

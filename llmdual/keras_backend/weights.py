@@ -12,7 +12,8 @@ from llmdual.weights import canonical_shapes, check_weights
 
 # Canonical leaf name -> Keras variable attribute, per layer type.
 _LEAVES = {
-    keras.layers.Dense: {"weight": "kernel", "bias": "bias"},
+    # ``_kernel``: with LoRA enabled, Dense's ``kernel`` property is the merged kernel, not the variable
+    keras.layers.Dense: {"weight": "_kernel", "bias": "bias", "lora_A": "lora_kernel_a", "lora_B": "lora_kernel_b"},
     keras.layers.Embedding: {"weight": "embeddings"},
     keras.layers.LayerNormalization: {"weight": "gamma", "bias": "beta"},
 }
@@ -36,7 +37,7 @@ def get_weights(model: keras.Model) -> dict[str, np.ndarray]:
     """Canonical name -> float32 numpy copy of every variable (a copy: a backend's numpy view of a variable may
     share the buffer it updates in place)."""
     weights = {}
-    for name in canonical_shapes(model.config, model.task):
+    for name in canonical_shapes(model.config, model.task, model.lora):
         value = np.asarray(ops.convert_to_numpy(variable(model, name)), dtype=np.float32)
         weights[name] = np.array(value.T if stored_transposed(name) else value, order="C")
     return weights
@@ -44,7 +45,7 @@ def get_weights(model: keras.Model) -> dict[str, np.ndarray]:
 
 def set_weights(model: keras.Model, weights: Mapping[str, np.ndarray]) -> None:
     """Assign canonical weights to the model, validating names and shapes first."""
-    weights = check_weights(weights, model.config, model.task)
+    weights = check_weights(weights, model.config, model.task, model.lora)
     for name, value in weights.items():
         var = variable(model, name)
         var.assign(np.ascontiguousarray(value.T if stored_transposed(name) else value).astype(var.dtype))

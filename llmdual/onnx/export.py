@@ -1,8 +1,8 @@
 """ONNX export of llmdual models from either backend, verified against the native model before it is kept.
 
-This layer is framework-free: the graph's signature (input/output names, dynamic axes), example and
-verification inputs, the checks (``onnx.checker``, then onnxruntime vs the native model at shapes the exporter
-never saw), int8 quantization and the result tables. The backend parts (``llmdual/torch_backend/export.py``,
+This layer is framework-free: the checks (``onnx.checker``, then onnxruntime vs the native model at shapes the
+exporter never saw, on the interface and inputs of ``llmdual.signature``), int8 quantization and the result
+tables. The backend parts (``llmdual/torch_backend/export.py``,
 ``llmdual/keras_backend/export.py``) only turn a model into an ``onnx.ModelProto`` and run the native reference;
 they are imported on first use.
 """
@@ -21,69 +21,27 @@ from typing import Any
 import numpy as np
 import onnx
 
-from llmdual.config import Config
 from llmdual.contract import backend_name, backend_of
 from llmdual.io import atomic_write
 from llmdual.onnx.runtime import export_info, open_session
+from llmdual.signature import (
+    Axes,
+    Shape,
+    Signature,
+    VerificationError,
+    compare,
+    default_shapes,
+    make_feeds,
+    shape_label,
+    signature,
+)
+
+__all__ = [
+    "DEFAULT_OPSET", "Axes", "ExportResult", "Shape", "Signature", "VerificationError", "check_target",
+    "default_shapes", "export_onnx", "make_feeds", "shape_label", "signature", "summary_table", "verify",
+]
 
 DEFAULT_OPSET = 18  # the one opset both exporters emit natively (torch's dynamo: 18 and up; tf2onnx: up to 18)
-Axes = tuple[str | int, ...]  # per dimension: a dynamic axis name, or a fixed size
-Shape = tuple[int, int, int]  # (batch, new tokens, cached tokens) of one verification run
-
-
-class VerificationError(RuntimeError):
-    """An export whose onnxruntime outputs differ from the native model's beyond the tolerance."""
-
-
-@dataclass(frozen=True)
-class Signature:
-    """Names and axes of an export's inputs and outputs, in graph order."""
-
-    inputs: dict[str, Axes]
-    outputs: dict[str, Axes]
-    kv_cache: bool
-
-    def dtype(self, name: str) -> type:
-        """Numpy dtype of an input: float32 for the cache, int64 for ids, masks and positions."""
-        return np.float32 if name.startswith("past.") else np.int64
-
-
-def signature(config: Config, task: str, kv_cache: bool = False) -> Signature:
-    """The graph interface every llmdual export has, whichever backend produced it."""
-    ids: Axes = ("batch", "sequence")
-    if task == "classifier":
-        if kv_cache:
-            raise ValueError("kv_cache=True needs an LM (task 'lm'); a classifier has no decoding cache")
-        return Signature({"input_ids": ids, "attention_mask": ids}, {"logits": ("batch", config.num_classes)}, False)
-    logits_axes: Axes = ("batch", "sequence", config.vocab_size)
-    if not kv_cache:
-        return Signature({"input_ids": ids}, {"logits": logits_axes}, False)
-    inputs: dict[str, Axes] = {"input_ids": ids, "attention_mask": ("batch", "total_sequence"), "position_ids": ids}
-    outputs: dict[str, Axes] = {"logits": logits_axes}
-    for i in range(config.n_layers):
-        for part in ("key", "value"):
-            inputs[f"past.{i}.{part}"] = ("batch", config.n_heads, "past_sequence", config.head_dim)
-            outputs[f"present.{i}.{part}"] = ("batch", config.n_heads, "total_sequence", config.head_dim)
-    return Signature(inputs, outputs, True)
-
-
-def make_feeds(config: Config, sig: Signature, shape: Shape, seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded inputs of ``shape``; masks pad some rows (right for the classifier, left for the cache) as in use."""
-    B, T, P = shape
-    rng = np.random.default_rng(seed)
-    feeds = {"input_ids": rng.integers(0, config.vocab_size, (B, T), dtype=np.int64)}
-    if "attention_mask" in sig.inputs and not sig.kv_cache:
-        lengths = np.r_[T, rng.integers(1, T + 1, B - 1)]  # row 0 unpadded, the others right-padded
-        feeds["attention_mask"] = (np.arange(T)[None] < lengths[:, None]).astype(np.int64)
-    if sig.kv_cache:
-        pads = np.r_[0, rng.integers(0, P + T, B - 1)]  # left padding, at least one real token per row
-        mask = (np.arange(P + T)[None] >= pads[:, None]).astype(np.int64)
-        feeds["attention_mask"] = mask
-        feeds["position_ids"] = np.maximum(mask.cumsum(axis=1) - 1, 0)[:, P:]
-        for name, axes in sig.inputs.items():
-            if name.startswith("past."):
-                feeds[name] = rng.standard_normal((B, axes[1], P, axes[3]), dtype=np.float32)
-    return feeds
 
 
 def _check_opset(opset: object, allowed: range, backend: str) -> int:
@@ -133,21 +91,6 @@ def _opset_of(proto: onnx.ModelProto) -> int:
     return next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
 
 
-def default_shapes(config: Config, kv_cache: bool) -> list[Shape]:
-    """Verification shapes, all unlike the traced one: the longest sequence, an odd batch, single tokens, and
-    for the cache an empty past (prefill), a one-token step on a long past, and a multi-token step."""
-    L = config.max_seq_len
-    if kv_cache:
-        return [(3, min(6, L), 0), (2, 1, min(9, L - 1)), (1, min(4, L // 2), min(5, L - min(4, L // 2)))]
-    return [(1, L, 0), (3, min(13, L), 0), (4, 1, 0)]
-
-
-def shape_label(shape: Shape) -> str:
-    """``"BxT"``, or ``"BxT+P"`` with ``P`` cached tokens."""
-    B, T, P = shape
-    return f"{B}x{T}" + (f"+{P}" if P else "")
-
-
 def verify(
     path: str | os.PathLike,
     model: Any,
@@ -172,16 +115,8 @@ def verify(
         feeds = make_feeds(model.config, sig, tuple(shape), seed)
         got = session.run(list(sig.outputs), feeds)
         want = backend.run_signature(model, sig, feeds)
-        worst = []
-        for name, g, w in zip(sig.outputs, got, want):
-            if g.shape != w.shape:
-                failed.append(f"{name} at {shape_label(shape)}: shape {g.shape}, native {w.shape}")
-                continue
-            err = np.abs(g.astype(np.float64) - w)
-            worst.append(float(err.max(initial=0.0)))  # NaN propagates, and fails the check below
-            if not np.all(err <= atol + rtol * np.abs(w)):
-                failed.append(f"{name} at {shape_label(shape)}: max abs diff {worst[-1]:.3e}")
-        diffs[shape_label(shape)] = float(np.max(worst, initial=0.0))
+        diffs[shape_label(shape)], off = compare(list(sig.outputs), got, want, shape_label(shape), atol, rtol)
+        failed += off
     if failed:
         raise VerificationError(f"{path} does not match the native {backend.NAME} model (atol {atol:g}, rtol "
                                 f"{rtol:g}): " + "; ".join(failed) + f"; max abs diff per shape {diffs}")

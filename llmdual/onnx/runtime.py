@@ -14,6 +14,7 @@ import onnxruntime as ort
 from llmdual.config import Config
 from llmdual.decoding import StepDecoder, padded_positions
 from llmdual.evaluate import cross_entropy_sum
+from llmdual.signature import step_feeds
 from llmdual.validate import check_inputs
 
 
@@ -49,19 +50,8 @@ def export_info(session: ort.InferenceSession) -> ExportInfo:
 def cache_feeds(
     info: ExportInfo, input_ids: np.ndarray, attention_mask: np.ndarray, past: list[np.ndarray] | None
 ) -> dict[str, np.ndarray]:
-    """Inputs of a KV-cache export: positions from the mask (``cumsum - 1``, so left padding is skipped), and
-    ``past`` as ``[k0, v0, k1, v1, ...]`` or None for an empty cache (a prefill)."""
-    B, T = input_ids.shape
-    config = info.config
-    if past is None:
-        past = [np.zeros((B, config.n_heads, 0, config.head_dim), np.float32)] * (2 * config.n_layers)
-    feeds = {
-        "input_ids": np.asarray(input_ids, np.int64),
-        "attention_mask": np.asarray(attention_mask, np.int64),
-        "position_ids": np.maximum(np.cumsum(attention_mask, axis=1) - 1, 0)[:, -T:].astype(np.int64),
-    }
-    names = [f"past.{i}.{part}" for i in range(config.n_layers) for part in ("key", "value")]
-    return {**feeds, **dict(zip(names, past))}
+    """Inputs of a KV-cache export (``llmdual.signature.step_feeds`` for the export's config)."""
+    return step_feeds(info.config, input_ids, attention_mask, past)
 
 
 def logits(

@@ -9,13 +9,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from llmdual.config import Config
-from llmdual.parity import model, training
+from llmdual.parity import lora, model, training
 from llmdual.parity.core import Check, ParityContext, ParityReport, first_divergence
 
 # check group name -> checks, in the order they run (training builds on the model checks passing)
 GROUPS: dict[str, list[Callable[[ParityContext], list[Check]]]] = {
     "model": model.CHECKS,
     "training": training.CHECKS,
+    "lora": lora.CHECKS,
 }
 
 

@@ -69,8 +69,9 @@ class TapDecoder:
         self.inner, self.on_tokens = inner, on_tokens
         self.max_seq_len = inner.max_seq_len
 
-    def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[np.ndarray, object]:
-        return self.inner.prefill(input_ids, attention_mask)
+    def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray,
+                max_len: int | None = None) -> tuple[np.ndarray, object]:
+        return self.inner.prefill(input_ids, attention_mask, max_len)
 
     def step(self, next_ids: np.ndarray, attention_mask: np.ndarray, state: object) -> tuple[np.ndarray, object]:
         if self.on_tokens(next_ids[:, 0]):

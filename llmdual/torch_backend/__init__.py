@@ -3,6 +3,7 @@ function; mirrors ``llmdual/keras_backend/__init__.py``."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,7 @@ from llmdual.torch_backend.api import (
     loss_and_grads,
 )
 from llmdual.torch_backend.decode import decoder
+from llmdual.torch_backend.lora import add_lora, remove_lora
 from llmdual.torch_backend.train import train, trainer
 from llmdual.torch_backend.weights import get_weights, set_weights
 
@@ -41,7 +43,31 @@ def run_signature(model: nn.Module, sig: Any, feeds: dict[str, np.ndarray]) -> l
     return export.run(model, sig, feeds)
 
 
+def native_formats() -> tuple[str, ...]:
+    """The formats this backend exports to natively, besides ONNX (``llmdual.export`` names)."""
+    from llmdual.torch_backend import native  # imported on first use: the exporters load much of the framework
+
+    return native.FORMATS
+
+
+def export_native(model: nn.Module, sig: Any, example: dict[str, np.ndarray], path: str, format: str,
+                  metadata: dict[str, str]) -> None:
+    """Write ``model`` at ``path`` in a native ``format`` with ``sig``'s inputs, outputs and dynamic axes, traced
+    on ``example``, carrying ``metadata``."""
+    from llmdual.torch_backend import native
+
+    native.save(model, sig, example, path, format, metadata)
+
+
+def load_native(path: str, format: str) -> tuple[Callable[[dict[str, np.ndarray]], list[np.ndarray]], dict[str, str]]:
+    """A native export's runner (feeds by input name in, outputs in signature order out) and its metadata."""
+    from llmdual.torch_backend import native
+
+    return native.load(path, format)
+
+
 __all__ = [
-    "NAME", "build", "decoder", "forward", "get_weights", "intermediates", "loss_and_grads", "onnx_graph",
-    "onnx_opsets", "run_signature", "set_weights", "train", "trainer",
+    "NAME", "add_lora", "build", "decoder", "forward", "get_weights", "intermediates", "loss_and_grads",
+    "onnx_graph", "onnx_opsets", "remove_lora", "run_signature", "set_weights", "train", "trainer",
+    "export_native", "load_native", "native_formats",
 ]

@@ -8,8 +8,9 @@ from torch import nn
 
 from llmdual.config import Config
 from llmdual.torch_backend.model import GPT, Classifier, cross_entropy
-from llmdual.torch_backend.weights import canonical_shapes, stored_transposed
+from llmdual.torch_backend.weights import stored_transposed
 from llmdual.validate import check_labels, index_array
+from llmdual.weights import trainable_shapes
 
 NAME = "torch"
 MODELS = {"lm": GPT, "classifier": Classifier}
@@ -40,7 +41,8 @@ def forward(model: nn.Module, input_ids: np.ndarray, attention_mask: np.ndarray 
 def loss_and_grads(
     model: nn.Module, input_ids: np.ndarray, targets: np.ndarray, attention_mask: np.ndarray | None = None
 ) -> tuple[float, dict[str, np.ndarray]]:
-    """Cross-entropy loss (dropout off) and its gradient w.r.t. every canonical weight, canonical layout."""
+    """Cross-entropy loss (dropout off) and its gradient w.r.t. every trainable canonical weight (the adapters
+    alone once the model has LoRA), canonical layout."""
     check_labels(targets, model.task, np.shape(input_ids), model.config)  # the ids are checked by the model
     was_training = model.training
     model.eval()
@@ -51,7 +53,7 @@ def loss_and_grads(
     finally:
         model.train(was_training)
     grads = {}
-    for name in canonical_shapes(model.config, model.task):
+    for name in trainable_shapes(model.config, model.task, model.lora):
         g = model.get_parameter(name).grad
         g = np.zeros(model.get_parameter(name).shape, np.float32) if g is None else g.float().cpu().numpy()
         grads[name] = np.ascontiguousarray(g.T if stored_transposed(name) else g)

@@ -1,51 +1,86 @@
 """Decoding steps for a PyTorch GPT behind ``llmdual.decoding.Decoder``. Mirrors ``llmdual/keras_backend/decode.py``.
 
-Numpy in, numpy out: ids and the attention mask (past + new tokens) go in, the last position's float32 logits
-come out with an opaque state (the KV cache, or the ids so far when recomputing). Left padding is handled by
-the mask and ``position_ids = cumsum(mask) - 1``; an unpadded batch takes the kernels' fast causal path.
+Numpy in, numpy out, over a static KV cache (``llmdual.decoding.StaticDecoder``): per-layer buffers allocated
+once and written in place by ``index_copy_`` in ``forward_static``. With ``compile`` the one-token step runs under
+``torch.compile``, compiled once per (batch, cache length); CUDA graphs (``mode="reduce-overhead"``) on a GPU.
+The prefill, once per generation and of any prompt length, runs eagerly.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from llmdual.decoding import StepDecoder, padded_positions
+from llmdual.decoding import StaticDecoder
 from llmdual.torch_backend.model import KVCache
 from llmdual.validate import index_array
 
 
-class Decoder(StepDecoder):
-    """Prefill and step a causal LM with its KV cache (``use_cache``) or by recomputing the whole prefix."""
+class Decoder(StaticDecoder):
+    """Prefill and step a causal LM over its static KV cache (``use_cache``) or by recomputing the whole prefix;
+    ``compile``: the step under ``torch.compile``."""
 
-    def __init__(self, model: nn.Module, use_cache: bool = True):
+    def __init__(self, model: nn.Module, use_cache: bool = True, compile: bool = False):
         if model.task != "lm":
             raise ValueError(f"generation needs a task 'lm' model, got task {model.task!r}")
-        self.model, self.use_cache = model, use_cache
+        self.model, self.use_cache, self.config = model, use_cache, model.config
         self.max_seq_len = model.config.max_seq_len
         self.device = next(model.parameters()).device
+        self._step = compiled(model, compile)
 
-    def _run(self, ids: np.ndarray, mask: np.ndarray, past: KVCache | None) -> tuple[np.ndarray, object]:
-        """One ``forward_cached`` call: mask and positions only when some row is padded."""
-        positions = padded_positions(mask, ids.shape[1])
-        padded = positions is not None
-        was_training = self.model.training
-        self.model.eval()
+    def _allocate(self, batch: int, length: int) -> KVCache:
+        c = self.config
+        shape = (batch, c.n_heads, length, c.d_model // c.n_heads)
+        dtype = next(self.model.parameters()).dtype
+        return [(torch.zeros(shape, dtype=dtype, device=self.device), torch.zeros(shape, dtype=dtype, device=self.device))
+                for _ in range(c.n_layers)]
+
+    def _grow(self, cache: KVCache, length: int) -> KVCache:
+        extra = length - self._length(cache)
+        return [tuple(nn.functional.pad(buffer, (0, 0, 0, extra)) for buffer in layer) for layer in cache]
+
+    def _length(self, cache: KVCache) -> int:
+        return cache[0][0].shape[2]
+
+    def _forward(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, cache: KVCache,
+                 start: int) -> tuple[np.ndarray, KVCache]:
+        """One ``forward_static`` call in inference mode: the compiled step for one token, eager otherwise."""
+        forward = self._step if ids.shape[1] == 1 else self.model.forward_static
+        # Train mode changes only dropout: switched off only when there is some (walking the modules costs 30%)
+        training = self.model.training and self.config.dropout > 0
+        if training:
+            self.model.eval()
         try:
             with torch.inference_mode():
-                logits, present = self.model.forward_cached(
-                    self._tensor(ids), past, self._tensor(mask) if padded else None, self._tensor(positions)
-                )
-                last = logits[:, -1].float().cpu().numpy()
+                logits, cache = forward(self._tensor(ids), cache, self._tensor(np.asarray(start)), self._tensor(mask),
+                                        self._tensor(positions))
+                last = logits.float().cpu().numpy()
         finally:
-            self.model.train(was_training)
-        return last, (present if self.use_cache else ids)
+            if training:
+                self.model.train()
+        return last, cache
 
-    def _tensor(self, array: np.ndarray | None) -> torch.Tensor | None:
-        return None if array is None else torch.from_numpy(np.ascontiguousarray(index_array(array))).to(self.device)
+    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(index_array(array))).to(self.device)
 
 
-def decoder(model: nn.Module, use_cache: bool = True) -> Decoder:
-    """The contract's decoder: prefill and step ``model`` with its KV cache (``use_cache``) or by recomputing."""
-    return Decoder(model, use_cache)
+def compiled(model: nn.Module, compile: bool) -> Callable:
+    """The model's ``forward_static``, under ``torch.compile`` with ``compile`` (made once per model and kept on
+    it, so every generation reuses its graphs; static shapes: one graph per batch and cache length)."""
+    if not compile:
+        return model.forward_static
+    step = getattr(model, "_static_step", None)
+    if step is None:
+        mode = "reduce-overhead" if next(model.parameters()).is_cuda else None
+        step = torch.compile(model.forward_static, mode=mode, dynamic=False)
+        object.__setattr__(model, "_static_step", step)
+    return step
+
+
+def decoder(model: nn.Module, use_cache: bool = True, compile: bool = False) -> Decoder:
+    """The contract's decoder: prefill and step ``model`` over its static KV cache (``use_cache``) or by
+    recomputing; ``compile``: compile the step (``torch.compile``)."""
+    return Decoder(model, use_cache, compile)

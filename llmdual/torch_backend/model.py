@@ -18,7 +18,8 @@ KVCache = list[tuple[torch.Tensor, torch.Tensor]]
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with a fused qkv projection and an optional KV cache."""
+    """Multi-head self-attention with a fused qkv projection and an optional KV cache: ``past`` is grown by
+    concatenation, or with ``start`` it is a static cache whose buffers take the new keys and values in place."""
 
     def __init__(self, config: Config):
         super().__init__()
@@ -29,13 +30,17 @@ class Attention(nn.Module):
         self.attn_dropout = nn.Dropout(config.dropout)  # on the attention probabilities, inside SDPA
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, attn_mask=None, causal=True, past=None):
+    def forward(self, x, attn_mask=None, causal=True, past=None, start=None):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q = q.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2)
         v = v.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2)
-        if past is not None:
+        if start is not None:
+            slots = start + torch.arange(T, device=x.device)
+            k = past[0].index_copy_(2, slots, k.to(past[0].dtype)).to(q.dtype)  # (B, nh, L, hs)
+            v = past[1].index_copy_(2, slots, v.to(past[1].dtype)).to(q.dtype)
+        elif past is not None:
             k = torch.cat([past[0], k], dim=2)  # (B, nh, T_past + T, hs)
             v = torch.cat([past[1], v], dim=2)
         dropout_p = self.attn_dropout.p if self.training else 0.0  # SDPA drops the probabilities itself
@@ -73,9 +78,9 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.d_model, eps=config.norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, x, attn_mask=None, causal=True, past=None):
+    def forward(self, x, attn_mask=None, causal=True, past=None, start=None):
         """Block output, its (k, v) cache, and the residual stream between attention and MLP (for tracing)."""
-        a, present = self.attn(self.ln_1(x), attn_mask=attn_mask, causal=causal, past=past)
+        a, present = self.attn(self.ln_1(x), attn_mask=attn_mask, causal=causal, past=past, start=start)
         mid = x + a
         return mid + self.mlp(self.ln_2(mid)), present, mid
 
@@ -84,6 +89,7 @@ class Transformer(nn.Module):
     """Embeddings, the stack of blocks and the final norm shared by the LM and the classifier."""
 
     causal = True
+    lora = None  # the model's llmdual.lora.LoraSpec once it has adapters (see lora.py)
 
     def __init__(self, config: Config):
         super().__init__()
@@ -100,20 +106,25 @@ class Transformer(nn.Module):
             past_len = 0 if past is None else past[0][0].shape[2]
             validate.check_inputs(_numpy(input_ids), self.config, _numpy(attention_mask), past_len, _numpy(position_ids))
 
-    def hidden(self, input_ids, attention_mask=None, past=None, position_ids=None, trace=None):
-        """Final-normed hidden states (B, T, C) and the per-layer (k, v) cache."""
-        self.check_inputs(input_ids, attention_mask, past, position_ids)
-        T = input_ids.shape[1]
-        past_len = 0 if past is None else past[0][0].shape[2]
+    def hidden(self, input_ids, attention_mask=None, past=None, position_ids=None, trace=None, start=None):
+        """Final-normed hidden states (B, T, C) and the per-layer (k, v) cache; with ``start``, ``past`` is a
+        static cache written at slots ``start``.. and ``attention_mask`` covers its slots (see ``forward_static``)."""
+        if start is None:
+            self.check_inputs(input_ids, attention_mask, past, position_ids)
+            T, past_len = input_ids.shape[1], 0 if past is None else past[0][0].shape[2]
+            attn_mask = attention_bias(attention_mask, T, past_len, self.causal)
+        else:
+            T, past_len = input_ids.shape[1], start
+            attn_mask = cache_bias(attention_mask, start, T)
         if position_ids is None:
-            position_ids = torch.arange(past_len, past_len + T, device=input_ids.device).unsqueeze(0)
-        attn_mask = attention_bias(attention_mask, T, past_len, self.causal)
+            position_ids = (past_len + torch.arange(T, device=input_ids.device)).unsqueeze(0)
         x = self.drop(self.wte(input_ids) + self.wpe(position_ids))
         if trace is not None:
             trace.append(x)
         present = []
         for i, block in enumerate(self.h):
-            x, kv, mid = block(x, attn_mask=attn_mask, causal=self.causal, past=None if past is None else past[i])
+            x, kv, mid = block(x, attn_mask=attn_mask, causal=self.causal, past=None if past is None else past[i],
+                               start=start)
             present.append(kv)
             if trace is not None:
                 trace += [mid, x]
@@ -151,6 +162,16 @@ class GPT(Transformer):
         x, present = self.hidden(input_ids, attention_mask, past_key_values, position_ids)
         return self.head(x), present
 
+    def forward_static(self, input_ids, cache, start, attention_mask, position_ids):
+        """Logits of the last new token (B, vocab_size) and the static cache holding the new tokens too.
+
+        ``cache``: per-layer ``(k, v)`` buffers (B, n_heads, L, head_dim), written in place at slots ``start``
+        (a 0-d int tensor) onwards; ``attention_mask`` (B, L) marks real tokens among the slots (unwritten slots
+        are never attended); ``position_ids`` (B, T). Inputs are not validated here: the decoder checks them.
+        """
+        x, present = self.hidden(input_ids, attention_mask, cache, position_ids, start=start)
+        return self.head(x[:, -1]), present
+
 
 class Classifier(Transformer):
     """Sequence classifier: bidirectional blocks, mean pooling over real tokens, linear ``score`` head."""
@@ -183,6 +204,15 @@ def attention_bias(attention_mask, T, past_len, causal):
     if attention_mask is not None:
         allowed = allowed.to(attention_mask.device) & attention_mask.bool()[:, None, None, :]
     return allowed | (k_pos == q_pos)[None, None].to(allowed.device)
+
+
+def cache_bias(attention_mask, start, T):
+    """Boolean mask (B, 1, T, L) over a static cache's L slots for queries at slots ``start``..: causal, real
+    tokens of ``attention_mask`` (B, L) only, and each query always itself (no NaN on padding)."""
+    q_pos = (start + torch.arange(T, device=attention_mask.device)).unsqueeze(1)
+    k_pos = torch.arange(attention_mask.shape[1], device=attention_mask.device).unsqueeze(0)
+    allowed = (k_pos <= q_pos)[None, None] & attention_mask.bool()[:, None, None, :]
+    return allowed | (k_pos == q_pos)[None, None]
 
 
 def mean_pool(x, attention_mask):

@@ -19,12 +19,13 @@ from llmdual.recipe import Batch, BatchFn, History, TrainConfig, check_batch, lr
 from llmdual.torch_backend.model import cross_entropy
 from llmdual.torch_backend.weights import stored_transposed
 from llmdual.training import Monitor, check_moments, restore_run_state
-from llmdual.weights import canonical_shapes
+from llmdual.weights import trainable_shapes
 
 
 def parameters(model: nn.Module) -> dict[str, nn.Parameter]:
-    """Trainable tensors by canonical name, in canonical order (so the gradient norm sums in one order)."""
-    return {name: model.get_parameter(name) for name in canonical_shapes(model.config, model.task)}
+    """Trainable tensors by canonical name (the adapters alone once the model has LoRA), in canonical order (so
+    the gradient norm sums in one order)."""
+    return {name: model.get_parameter(name) for name in trainable_shapes(model.config, model.task, model.lora)}
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -52,7 +53,7 @@ def moments(optimizer: torch.optim.AdamW, model: nn.Module) -> dict[str, np.ndar
 def load_moments(optimizer: torch.optim.AdamW, model: nn.Module, state: dict[str, np.ndarray], step: int) -> None:
     """Restore the moments written by ``moments`` and the step count their bias correction needs; ``ValueError``
     (``check_moments``) before the optimizer is touched if a name, shape or dtype does not fit."""
-    state = check_moments(state, model.config, model.task)
+    state = check_moments(state, model.config, model.task, lora=model.lora)
     for name, p in parameters(model).items():
         slots = {}
         for key, slot in (("m", "exp_avg"), ("v", "exp_avg_sq")):

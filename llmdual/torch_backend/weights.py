@@ -12,7 +12,8 @@ from llmdual.weights import canonical_shapes, check_weights
 
 
 def stored_transposed(name: str) -> bool:
-    """``nn.Linear`` keeps ``[out, in]``: every canonical ``[in, out]`` matrix is stored transposed here."""
+    """``nn.Linear`` keeps ``[out, in]``: every canonical ``[in, out]`` matrix is stored transposed here (LoRA
+    adapters are kept ``[in, r]``/``[r, out]``, canonical, see ``lora.py``)."""
     return name.endswith(".weight") and name.split(".")[-2] in ("c_attn", "c_proj", "c_fc", "score")
 
 
@@ -20,7 +21,7 @@ def get_weights(model: nn.Module) -> dict[str, np.ndarray]:
     """Canonical name -> float32 numpy copy of every parameter (a copy: ``.numpy()`` of a CPU tensor shares its
     memory, so a snapshot would follow training)."""
     weights = {}
-    for name in canonical_shapes(model.config, model.task):
+    for name in canonical_shapes(model.config, model.task, model.lora):
         value = model.get_parameter(name).detach().float().cpu().numpy()
         weights[name] = np.array(value.T if stored_transposed(name) else value, order="C")
     return weights
@@ -28,7 +29,7 @@ def get_weights(model: nn.Module) -> dict[str, np.ndarray]:
 
 def set_weights(model: nn.Module, weights: Mapping[str, np.ndarray]) -> None:
     """Copy canonical weights into the model, validating names and shapes first."""
-    weights = check_weights(weights, model.config, model.task)
+    weights = check_weights(weights, model.config, model.task, model.lora)
     with torch.no_grad():
         for name, value in weights.items():
             param = model.get_parameter(name)

@@ -1,0 +1,190 @@
+"""Export to each backend's own deployment formats, verified like ONNX before the file is kept.
+
+Framework-free: the signature, metadata, the checks and the atomic write live here; the backend packages only
+write and load their formats (``export_native``, ``load_native``). Verification reloads the written file in a
+fresh process (``python -m llmdual.native.check``), so what is kept is what a server would load, and compares it
+with the native model at shapes the export was not traced with.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llmdual.contract import backend, backend_name, backend_of
+from llmdual.io import atomic_write, atomic_write_dir
+from llmdual.report import table
+from llmdual.signature import Shape, VerificationError, compare, default_shapes, make_feeds, shape_label, signature
+
+# format -> (backend that writes it, what it is on disk)
+FORMATS: dict[str, tuple[str, str]] = {
+    "torch-export": ("torch", "file"),  # a torch.export ExportedProgram, .pt2
+    "aoti": ("torch", "file"),  # the program compiled by AOTInductor, a .pt2 package
+    "saved-model": ("keras", "folder"),  # a TensorFlow SavedModel
+    "litert": ("keras", "folder"),  # a LiteRT (TensorFlow Lite) flatbuffer, model.tflite
+}
+SUFFIX = {"torch-export": ".pt2", "aoti": ".pt2"}  # torch's loaders take .pt2 files only
+# formats that export the plain LM only, and why
+PLAIN_LM_ONLY = {"litert": "the classifier and the KV-cache decoder step convert to TensorFlow Select ops "
+                           "(FlexStridedSlice), which the LiteRT interpreter installed with TensorFlow cannot run"}
+
+
+def check_format(model: Any, format: str, kv_cache: bool) -> str:
+    """``format`` if the model's backend exports this model to it natively, else ``ValueError`` naming why (and
+    what that backend offers)."""
+    name = backend_name(model)
+    offered = backend_of(model).native_formats()
+    if format not in offered:
+        raise ValueError(f"format {format!r} is not available for a {name} model; the {name} backend exports to "
+                         f"{', '.join(('onnx', *offered))}")
+    if format in PLAIN_LM_ONLY and (kv_cache or model.task != "lm"):
+        raise ValueError(f"{format} exports the plain LM only: {PLAIN_LM_ONLY[format]}; export this one as "
+                         f"{' or '.join(f for f in ('onnx', *offered) if f not in PLAIN_LM_ONLY)}")
+    return format
+
+
+def check_path(path: str | os.PathLike, format: str) -> Path:
+    """``path`` as a Path if ``format`` can be written there, else the error naming why, before any work is done."""
+    path, kind = Path(path), FORMATS[format][1]
+    if kind == "file" and path.is_dir():
+        raise IsADirectoryError(f"cannot write the {format} file to {path}: it is a folder; name a file inside it")
+    if kind == "folder" and path.exists() and not path.is_dir():
+        raise FileExistsError(f"cannot write the {format} folder to {path}: a file is there")
+    if format in SUFFIX and path.suffix != SUFFIX[format]:
+        raise ValueError(f"a {format} export is a {SUFFIX[format]} file; got {path.name!r}")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"cannot write {path}: folder {path.parent} does not exist")
+    if not os.access(path.parent, os.W_OK):
+        raise PermissionError(f"cannot write {path}: folder {path.parent} is not writable")
+    return path
+
+
+def verify_native(
+    path: str | os.PathLike,
+    format: str,
+    model: Any,
+    kv_cache: bool = False,
+    shapes: Sequence[Shape] | None = None,
+    atol: float = 1e-4,
+    rtol: float = 1e-5,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Max abs difference per shape between the export at ``path``, loaded and run in a fresh process, and the
+    native ``model`` (``|export - native| <= atol + rtol * |native|``); ``VerificationError`` if any is off."""
+    config, name = model.config, backend_name(model)
+    sig = signature(config, model.task, kv_cache)
+    shapes = default_shapes(config, kv_cache) if shapes is None else [tuple(s) for s in shapes]
+    feeds = [make_feeds(config, sig, shape, seed) for shape in shapes]
+    got = _run_fresh(path, format, name, feeds)
+    diffs, failed = {}, []
+    for shape, feed, outputs in zip(shapes, feeds, got):
+        want = backend_of(model).run_signature(model, sig, feed)
+        diffs[shape_label(shape)], off = compare(list(sig.outputs), outputs, want, shape_label(shape), atol, rtol)
+        failed += off
+    if failed:
+        raise VerificationError(f"{path} ({format}) does not match the native {name} model (atol {atol:g}, rtol "
+                                f"{rtol:g}): " + "; ".join(failed) + f"; max abs diff per shape {diffs}")
+    return diffs
+
+
+def _run_fresh(path: str | os.PathLike, format: str, name: str, feeds: list[dict[str, np.ndarray]]) -> list[list]:
+    """Outputs of the export for each feed, from a new Python process that loads it; ``VerificationError`` with
+    the process's last error lines if it cannot."""
+    with tempfile.TemporaryDirectory() as tmp:
+        inputs, outputs = Path(tmp, "feeds.npz"), Path(tmp, "outputs.npz")
+        np.savez(inputs, **{f"{i}/{k}": v for i, feed in enumerate(feeds) for k, v in feed.items()})
+        root = str(Path(__file__).resolve().parents[2])  # the folder holding llmdual
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+        done = subprocess.run([sys.executable, "-m", "llmdual.native.check", os.fspath(path), format, name,
+                               str(inputs), str(outputs)], env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            tail = "\n".join(done.stderr.strip().splitlines()[-5:])
+            raise VerificationError(f"{path} ({format}) could not be loaded and run in a fresh process:\n{tail}")
+        with np.load(outputs) as data:
+            return [[data[f"{i}/{j}"] for j in range(int(data[f"{i}/count"]))] for i in range(len(feeds))]
+
+
+@dataclass
+class NativeResult:
+    """Summary of one verified native export: where, what, how big, how long it took, how close it is."""
+
+    path: Path
+    format: str
+    backend: str
+    task: str
+    kv_cache: bool
+    file_bytes: int
+    export_seconds: float
+    verify_seconds: float
+    max_abs_diff: dict[str, float]  # per verified shape label ("BxT" or "BxT+P")
+    atol: float
+    rtol: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "path": str(self.path)}
+
+
+def export_native(
+    model: Any,
+    path: str | os.PathLike,
+    format: str,
+    kv_cache: bool = False,
+    shape: tuple[int, int] | None = None,
+    atol: float = 1e-4,
+    rtol: float = 1e-5,
+) -> NativeResult:
+    """Export an llmdual model to its backend's ``format`` at ``path`` with dynamic batch and sequence axes, and
+    verify it before keeping it. Inputs and outputs are ONNX's (``llmdual.signature``); ``kv_cache=True`` exports
+    the LM decoder step with its cache. ``shape`` is the (batch, sequence) traced at. The export appears only once
+    it reloads in a fresh process and matches the native model at other shapes; on any failure nothing is left."""
+    format = check_format(model, format, kv_cache)
+    path = check_path(path, format)
+    config, name = model.config, backend_name(model)
+    sig = signature(config, model.task, kv_cache)
+    B, T = shape or (2, min(8, config.max_seq_len))
+    traced = (B, T, min(3, config.max_seq_len - T) if kv_cache else 0)
+    metadata = {
+        "llmdual.backend": name, "llmdual.format": format, "llmdual.task": model.task,
+        "llmdual.kv_cache": str(int(kv_cache)), "llmdual.config": config.to_json(),
+        "llmdual.inputs": ",".join(sig.inputs), "llmdual.outputs": ",".join(sig.outputs),
+    }
+    seconds: dict[str, float] = {}
+    diffs: dict[str, float] = {}
+
+    def write(tmp: str) -> None:
+        start = time.perf_counter()
+        backend(name).export_native(model, sig, make_feeds(config, sig, traced, seed=1), tmp, format, metadata)
+        seconds["export"] = time.perf_counter() - start
+        diffs.update(verify_native(tmp, format, model, kv_cache, None, atol, rtol))
+        seconds["verify"] = time.perf_counter() - start - seconds["export"]
+
+    (atomic_write_dir if FORMATS[format][1] == "folder" else atomic_write)(path, write)
+    return NativeResult(
+        path=path, format=format, backend=name, task=model.task, kv_cache=kv_cache, file_bytes=size_of(path),
+        export_seconds=seconds["export"], verify_seconds=seconds["verify"], max_abs_diff=diffs, atol=atol, rtol=rtol,
+    )
+
+
+def size_of(path: str | os.PathLike) -> int:
+    """Bytes of a file, or of every file under a folder."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def native_table(results: Sequence[NativeResult], markdown: bool = True) -> str:
+    """One row per native export: format, size, export and verification time, closeness."""
+    headers = ["backend", "format", "task", "graph", "size MB", "export s", "verify s", "max abs diff"]
+    rows = [[r.backend, r.format, r.task, "kv-cache" if r.kv_cache else "plain", r.file_bytes / 2**20,
+             r.export_seconds, r.verify_seconds, f"{max(r.max_abs_diff.values()):.2e}"] for r in results]
+    return table(headers, rows, markdown)

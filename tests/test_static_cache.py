@@ -1,0 +1,172 @@
+"""The static KV cache and the compiled decoding steps, in every engine: greedy and seeded sampling give the
+tokens of full forward passes sampled by the shared numpy sampler, exactly; static-cache logits match the
+full forward passes' within 1e-5; left-padded ragged batches; Keras' JAX and torch backends in subprocesses."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import llmdual
+from llmdual.contract import backend as backend_package
+from llmdual.decoding import cache_length
+from llmdual.generate import left_pad
+from llmdual.sampling import sample_next
+
+ATOL = 1e-5  # float32 logits: the static cache attends over more (masked) slots, a different summation order
+PROMPTS = [[7, 8, 9, 10, 11, 12], [40], [3, 2, 1]]
+SAMPLING = {"temperature": 0.9, "top_k": 50, "top_p": 0.95, "seed": 11}
+# (backend, compile): the engines this process runs; Keras is on TensorFlow here (graph, and XLA with compile)
+ENGINES = [("torch", False), ("torch", True), ("keras", False), ("keras", True)]
+
+
+@pytest.fixture(scope="module")
+def models():
+    config = llmdual.Config.preset("tiny")
+    return {b: llmdual.build(config, b, seed=3) for b in ("torch", "keras")}
+
+
+def reference(model, prompts: list[list[int]], n: int, temperature: float = 0.0, top_k=None, top_p=None,
+              seed: int = 0) -> np.ndarray:
+    """Tokens [B, n] by full forward passes over each row alone (no padding, no cache), the batch's last logits
+    sampled together by ``sample_next``: the definition every decoder must meet."""
+    rows, rng = [list(p) for p in prompts], np.random.default_rng(seed)
+    for _ in range(n):
+        logits = np.concatenate([llmdual.forward(model, np.array([row]))[:, -1] for row in rows])
+        for row, token in zip(rows, sample_next(logits, temperature, top_k, top_p, rng)):
+            row.append(int(token))
+    return np.array([row[-n:] for row in rows])
+
+
+def generated(model, engine: tuple[str, bool], prompts, n: int, **kwargs) -> np.ndarray:
+    decoder = backend_package(engine[0]).decoder(model, True, engine[1])
+    return np.stack(llmdual.generate(decoder, prompts, n, stop_at_eot=False, **kwargs))
+
+
+@pytest.fixture(scope="module")
+def expected(models):
+    return {"greedy": reference(models["torch"], PROMPTS, 20), "sampled": reference(models["torch"], PROMPTS, 20,
+                                                                                    **SAMPLING)}
+
+
+@pytest.mark.parametrize("engine", ENGINES, ids=lambda e: f"{e[0]}-{'compiled' if e[1] else 'plain'}")
+def test_greedy_and_sampled_tokens_equal_full_forward_passes(models, expected, engine):
+    """Ragged, left-padded prompts; ``generate`` sizes the cache for all 25 positions up front (32 slots)."""
+    np.testing.assert_array_equal(generated(models[engine[0]], engine, PROMPTS, 20), expected["greedy"])
+    np.testing.assert_array_equal(generated(models[engine[0]], engine, PROMPTS, 20, **SAMPLING), expected["sampled"])
+
+
+@pytest.mark.parametrize("backend", ["torch", "keras"])
+def test_a_cache_sized_without_a_hint_moves_into_the_next_bucket(models, expected, backend):
+    """Prefill without ``max_len``: 16 slots, outgrown after 10 steps, then 32; the tokens do not change."""
+    decoder = backend_package(backend).decoder(models[backend])
+    ids, mask = left_pad(PROMPTS, 0)
+    logits, state = decoder.prefill(ids, mask)
+    lengths, tokens = {np.shape(state.cache[0][0])[2]}, []
+    for _ in range(20):
+        tokens.append(logits.argmax(-1))
+        mask = np.concatenate([mask, np.ones((len(PROMPTS), 1), np.int64)], axis=1)
+        logits, state = decoder.step(tokens[-1][:, None], mask, state)
+        lengths.add(np.shape(state.cache[0][0])[2])
+    assert lengths == {16, 32}
+    np.testing.assert_array_equal(np.stack(tokens, axis=1), expected["greedy"])
+
+
+def test_the_reference_can_tell_a_different_sampler_seed(models, expected):
+    other = reference(models["torch"], PROMPTS, 20, **{**SAMPLING, "seed": 12})
+    assert not np.array_equal(other, expected["sampled"])
+
+
+def test_ragged_rows_generate_what_they_generate_alone(models):
+    for name in ("torch", "keras"):
+        together = generated(models[name], (name, False), PROMPTS, 12)
+        for prompt, row in zip(PROMPTS, together):
+            np.testing.assert_array_equal(row, generated(models[name], (name, False), [prompt], 12)[0])
+
+
+@pytest.mark.parametrize("backend", ["torch", "keras"])
+def test_static_cache_logits_match_recomputing_and_full_forward_passes(models, backend):
+    """Step by step, on a ragged batch: the static cache, recomputing the prefix and a full forward agree."""
+    model = models[backend]
+    decoders = {cache: backend_package(backend).decoder(model, cache) for cache in (True, False)}
+    ids, mask = left_pad(PROMPTS, 0)
+    states = {}
+    for cache, decoder in decoders.items():
+        logits, states[cache] = decoder.prefill(ids, mask, ids.shape[1] + 8)
+    for t in range(8):
+        nxt = logits.argmax(-1)[:, None]
+        ids, mask = np.concatenate([ids, nxt], 1), np.concatenate([mask, np.ones_like(nxt)], 1)
+        out = {}
+        for cache, decoder in decoders.items():
+            out[cache], states[cache] = decoder.step(nxt, mask, states[cache])
+        full = np.concatenate([llmdual.forward(model, row[m == 1][None])[:, -1] for row, m in zip(ids, mask)])
+        np.testing.assert_allclose(out[True], full, atol=ATOL, rtol=0)
+        np.testing.assert_allclose(out[False], full, atol=ATOL, rtol=0)
+        logits = out[True]
+
+
+def test_the_cache_is_read_a_wrong_slot_changes_the_logits(models):
+    """The comparison can fail: zeroing one written slot of the cache moves the next step's logits."""
+    decoder = backend_package("torch").decoder(models["torch"], True)
+    ids, mask = left_pad([[5, 6, 7, 8]], 0)
+    _, state = decoder.prefill(ids, mask, 8)
+    step_mask = np.ones((1, 5), np.int64)
+    good, _ = decoder.step(np.array([[9]]), step_mask, state)
+    _, state = decoder.prefill(ids, mask, 8)
+    for keys, values in state.cache:
+        keys[:, :, 1].zero_()
+        values[:, :, 1].zero_()
+    bad, _ = decoder.step(np.array([[9]]), step_mask, state)
+    assert np.abs(good - bad).max() > 100 * ATOL
+
+
+def test_cache_lengths_are_buckets_within_the_context():
+    assert [cache_length(n, 256) for n in (1, 16, 17, 95, 200, 256)] == [16, 16, 32, 128, 256, 256]
+    assert cache_length(70, 64) == 70  # left padding can need more slots than positions: never fewer than needed
+
+
+def test_the_compiled_steps_are_compiled_once(models):
+    """TensorFlow with XLA traces one prefill and one step graph; torch.compile builds one step graph."""
+    import torch._dynamo.utils
+
+    from llmdual.keras_backend.decode import compiled
+
+    generated(models["keras"], ("keras", True), [[1, 2, 3]], 12)
+    step = compiled(models["keras"], True)
+    before = step.experimental_get_tracing_count()
+    generated(models["keras"], ("keras", True), [[4, 5, 6]], 12)
+    assert step.experimental_get_tracing_count() == before  # the same shapes: no new trace
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    generated(models["torch"], ("torch", True), [[1, 2, 3]], 12)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+
+
+SCRIPT = """
+import json, sys
+import numpy as np
+import keras, llmdual
+from llmdual.contract import backend
+prompts, sampling = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+model = llmdual.build(llmdual.Config.preset("tiny"), "keras", seed=3)
+run = lambda **kw: np.stack(llmdual.generate(backend("keras").decoder(model), prompts, 20, stop_at_eot=False, **kw))
+nocache = np.stack(llmdual.generate(model, prompts, 20, stop_at_eot=False, use_cache=False))
+json.dump({"backend": keras.backend.backend(), "greedy": run().tolist(), "sampled": run(**sampling).tolist(),
+           "nocache": nocache.tolist()}, sys.stdout)
+"""
+
+
+@pytest.mark.parametrize("keras_backend", ["jax", "torch"])
+def test_keras_on_jax_and_torch_gives_the_same_tokens(expected, keras_backend):
+    env = {**os.environ, "KERAS_BACKEND": keras_backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(PROMPTS), json.dumps(SAMPLING)], env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["backend"] == keras_backend
+    np.testing.assert_array_equal(result["greedy"], expected["greedy"])
+    np.testing.assert_array_equal(result["nocache"], expected["greedy"])
+    np.testing.assert_array_equal(result["sampled"], expected["sampled"])

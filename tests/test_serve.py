@@ -16,7 +16,7 @@ import uvicorn
 import llmdual
 from llmdual.serve import ServeOptions, create_app, load_engine
 from llmdual.serve.batcher import Batcher, Job, run_batch
-from llmdual.serve.load import free_port
+from llmdual.serve.load import LoadOptions, free_port, run_load
 from llmdual.serve.output import Completion
 from llmdual.serve.schema import ApiError
 
@@ -236,3 +236,15 @@ def test_graceful_shutdown_finishes_running_requests(files):
     assert tokens == llmdual.generate(model, [3], 60).tolist()
     s.thread.join(30)
     assert not s.thread.is_alive()
+
+
+def test_a_bounded_load_run_answers_every_request(files):
+    """serve_load's driver against a real ``llmdual serve`` subprocess: 2 clients x 3 streamed requests, bounded."""
+    path = files[0]
+    options = LoadOptions(clients=2, requests=3, max_tokens=4, time_limit_s=60.0)
+    result = run_load(path, "torch", options)
+    summary = result.summary()
+    assert result.requests == 6 and result.errors == 0
+    assert 6 <= result.tokens <= 6 * 4  # at least one token each, at most max_tokens (end-of-text may stop one)
+    assert len(result.latencies_s) == len(result.ttft_s) == 6
+    assert summary["req/s"] > 0 and summary["p50 ms"] <= summary["p99 ms"]

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from llmdual.config import Config
+from llmdual.contract import backend_of
 
 Axes = tuple[str | int, ...]  # per dimension: a dynamic axis name, or a fixed size
 Shape = tuple[int, int, int]  # (batch, new tokens, cached tokens) of one verification run
@@ -116,3 +118,21 @@ def compare(
         if not np.all(err <= atol + rtol * np.abs(w)):
             failed.append(f"{name} at {label}: max abs diff {worst[-1]:.3e}")
     return float(np.max(worst, initial=0.0)), failed
+
+
+def check_outputs(
+    model: Any, sig: Signature, runs: Sequence[tuple[Shape, dict[str, np.ndarray], Sequence[np.ndarray]]],
+    what: str, atol: float, rtol: float,
+) -> dict[str, float]:
+    """Max abs difference per shape between an export's outputs (``runs``: shape, feeds, outputs) and the native
+    ``model`` on the same feeds; ``VerificationError`` naming ``what`` and every failure if any is off."""
+    diffs, failed = {}, []
+    for shape, feeds, got in runs:
+        want = backend_of(model).run_signature(model, sig, feeds)
+        diffs[shape_label(shape)], off = compare(list(sig.outputs), got, want, shape_label(shape), atol, rtol)
+        failed += off
+    if failed:
+        raise VerificationError(f"{what} does not match the native {backend_of(model).NAME} model (atol {atol:g}, "
+                                f"rtol {rtol:g}): " + "; ".join(failed) + f"; max abs diff per shape {diffs}")
+    return diffs
+

@@ -23,7 +23,7 @@ import numpy as np
 from llmdual.contract import backend, backend_name, backend_of
 from llmdual.io import atomic_write, atomic_write_dir
 from llmdual.report import table
-from llmdual.signature import Shape, VerificationError, compare, default_shapes, make_feeds, shape_label, signature
+from llmdual.signature import Shape, VerificationError, check_outputs, default_shapes, make_feeds, signature
 
 # format -> (backend that writes it, what it is on disk)
 FORMATS: dict[str, tuple[str, str]] = {
@@ -85,15 +85,7 @@ def verify_native(
     shapes = default_shapes(config, kv_cache) if shapes is None else [tuple(s) for s in shapes]
     feeds = [make_feeds(config, sig, shape, seed) for shape in shapes]
     got = _run_fresh(path, format, name, feeds)
-    diffs, failed = {}, []
-    for shape, feed, outputs in zip(shapes, feeds, got):
-        want = backend_of(model).run_signature(model, sig, feed)
-        diffs[shape_label(shape)], off = compare(list(sig.outputs), outputs, want, shape_label(shape), atol, rtol)
-        failed += off
-    if failed:
-        raise VerificationError(f"{path} ({format}) does not match the native {name} model (atol {atol:g}, rtol "
-                                f"{rtol:g}): " + "; ".join(failed) + f"; max abs diff per shape {diffs}")
-    return diffs
+    return check_outputs(model, sig, list(zip(shapes, feeds, got)), f"{path} ({format})", atol, rtol)
 
 
 def _run_fresh(path: str | os.PathLike, format: str, name: str, feeds: list[dict[str, np.ndarray]]) -> list[list]:

@@ -63,19 +63,25 @@ def _legend(ax: Any, cases: list[dict[str, Any]], title: str) -> None:
     ax.legend(handles=handles, fontsize="small", title=title, title_fontsize="small")
 
 
-def _bars(ax: Any, cases: list[dict[str, Any]], metric: str, title: str) -> None:
-    """Median per engine with its 95% interval, coloured by framework; title and y label name ``metric``."""
-    stats = [c["stats"][metric] for c in cases]
-    medians = [s["median"] for s in stats]
-    errors = [[m - s["ci_low"] for m, s in zip(medians, stats)], [s["ci_high"] - m for m, s in zip(medians, stats)]]
-    ax.bar(range(len(cases)), medians, yerr=errors, capsize=4, edgecolor="black", linewidth=0.5,
+def _draw(ax: Any, cases: list[dict[str, Any]], values: list[float], ylabel: str, title: str, legend: str,
+          errors: list[list[float]] | None = None) -> None:
+    """One bar per engine, coloured by framework and hatched where it needs a non-default setting."""
+    ax.bar(range(len(cases)), values, yerr=errors, capsize=4 if errors else 0, edgecolor="black", linewidth=0.5,
            color=[FRAMEWORK_COLOURS.get(c["framework"], OTHER_COLOUR) for c in cases],
            hatch=[_hatch(c["engine"]) for c in cases])
     ax.set_xticks(range(len(cases)), [c["engine"] for c in cases], rotation=30, ha="right")
-    label = metric_of(metric)
-    ax.set_ylabel(f"{label.label} ({label.unit})")
+    ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize="medium")
-    _legend(ax, cases, "median, 95% CI")
+    _legend(ax, cases, legend)
+
+
+def _bars(ax: Any, cases: list[dict[str, Any]], metric: str, title: str) -> None:
+    """Median per engine with its 95% interval; title and y label name ``metric``."""
+    stats = [c["stats"][metric] for c in cases]
+    medians = [s["median"] for s in stats]
+    errors = [[m - s["ci_low"] for m, s in zip(medians, stats)], [s["ci_high"] - m for m, s in zip(medians, stats)]]
+    label = metric_of(metric)
+    _draw(ax, cases, medians, f"{label.label} ({label.unit})", title, "median, 95% CI", errors)
 
 
 def _caption(doc: dict[str, Any], point: dict[str, Any]) -> str:
@@ -132,14 +138,8 @@ def plot_costs(doc: dict[str, Any], out_dir: Path) -> list[Path]:
                   "per-token latency p99"), ("ttft_s", "median", "time to first token")]
         for ax, (metric, stat, label) in zip(fig.subplots(1, 3), panels):
             having = [c for c in cases if metric in c["stats"]]
-            values = [c["stats"][metric][stat] for c in having]
-            ax.bar(range(len(having)), values, edgecolor="black", linewidth=0.5,
-                   color=[FRAMEWORK_COLOURS.get(c["framework"], OTHER_COLOUR) for c in having],
-                   hatch=[_hatch(c["engine"]) for c in having])
-            ax.set_xticks(range(len(having)), [c["engine"] for c in having], rotation=30, ha="right")
-            ax.set_ylabel(f"{label} (s)")
-            ax.set_title(f"generate: {label}\n{_caption(doc, group['point'])}", fontsize="medium")
-            _legend(ax, having, "lower is better")
+            _draw(ax, having, [c["stats"][metric][stat] for c in having], f"{label} (s)",
+                  f"generate: {label}\n{_caption(doc, group['point'])}", "lower is better")
         fig.tight_layout()
         point = group["point"]
         suffix = "" if len(latency) == 1 else f"_b{point.get('batch_size')}_t{point.get('seq_len')}"

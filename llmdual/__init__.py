@@ -7,6 +7,7 @@ from llmdual.evaluate import evaluate
 from llmdual.export import export
 from llmdual.generate import generate
 from llmdual.lora import add_lora, load_lora, merge_lora, save_lora, save_lora_peft
+from llmdual.quantize import quantize
 from llmdual.recipe import TrainConfig
 from llmdual.tokenizer import Tokenizer
 from llmdual.training import train
@@ -43,6 +44,7 @@ __all__ = [
     "load",
     "load_lora",
     "merge_lora",
+    "quantize",
     "save",
     "save_lora",
     "save_lora_peft",

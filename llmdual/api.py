@@ -24,7 +24,8 @@ def build(
     weights: Mapping[str, np.ndarray] | None = None,
 ) -> Any:
     """The native model (``torch.nn.Module`` or ``keras.Model``) holding ``weights``, by default the shared
-    numpy initializer's for ``seed``; ``ValueError`` if it cannot fit in this machine's RAM (``Config.check_memory``)."""
+    numpy initializer's for ``seed``; ``ValueError`` if it cannot fit in this machine's RAM
+    (``Config.check_memory``)."""
     if not isinstance(config, Config):
         raise TypeError(f"config must be an llmdual.Config, got {type(config).__name__}")
     check_task(task)
@@ -35,13 +36,27 @@ def build(
 
 
 def get_weights(model: Any) -> dict[str, np.ndarray]:
-    """Every weight as float32 numpy, by canonical name and layout."""
-    return backend_of(model).get_weights(model)
+    """Every weight as float32 numpy, by canonical name and layout; ``ValueError`` for a quantized model."""
+    backend = backend_of(model)
+    refuse_quantized(model, "get its weights", "take llmdual.get_weights(model) before llmdual.quantize(model)")
+    return backend.get_weights(model)
 
 
 def set_weights(model: Any, weights: Mapping[str, np.ndarray]) -> None:
-    """Load canonical weights; ``ValueError`` listing missing, unexpected or mis-shaped entries."""
-    backend_of(model).set_weights(model, weights)
+    """Load canonical weights; ``ValueError`` listing missing, unexpected or mis-shaped entries, or for a quantized
+    model."""
+    backend = backend_of(model)
+    refuse_quantized(model, "set its weights", "set them on a float32 model, then llmdual.quantize it")
+    backend.set_weights(model, weights)
+
+
+def refuse_quantized(model: Any, action: str, instead: str) -> None:
+    """``ValueError`` if ``model`` was quantized (``llmdual.quantize``): its projection weights are int8 with
+    per-channel scales, not canonical float32 weights."""
+    scheme = getattr(model, "quantized", None)
+    if scheme is not None:
+        raise ValueError(f"cannot {action}: the model is quantized ({scheme}), its projection weights are int8 "
+                         f"with per-channel scales; {instead}")
 
 
 def forward(model: Any, input_ids: np.ndarray, attention_mask: np.ndarray | None = None) -> np.ndarray:
@@ -50,9 +65,12 @@ def forward(model: Any, input_ids: np.ndarray, attention_mask: np.ndarray | None
 
 
 def save(model: Any, path: str | Path) -> Path:
-    """Write the model's config, task and canonical fp32 weights to ``path`` as a model file (atomic); a model
-    with LoRA adapters is refused (``llmdual.merge_lora`` folds them in, ``llmdual.save_lora`` saves them)."""
+    """Write the model's config, task and canonical fp32 weights to ``path`` as a model file (atomic); a quantized
+    model is refused (quantize after loading instead), and so is one with LoRA adapters (``llmdual.merge_lora``
+    folds them in, ``llmdual.save_lora`` saves them)."""
     backend_of(model)  # fail early on a foreign object
+    refuse_quantized(model, "save it", "save the float32 model (llmdual.save before llmdual.quantize) and "
+                     "quantize it again after llmdual.load")
     if model.lora is not None:
         raise ValueError("the model has LoRA adapters: llmdual.merge_lora(model) folds them into its weights "
                          "before save, or llmdual.save_lora(model, path) saves the adapters alone")

@@ -11,6 +11,7 @@ import importlib
 import importlib.util
 import os
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -80,6 +81,11 @@ class Backend(Protocol):
         """Run the training loop the framework's way; ``llmdual.train`` calls it."""
         ...
 
+    def data_parallel_scope(self, data_parallel: int) -> AbstractContextManager[None]:
+        """Where a ``data_parallel``-rank run builds its model and trains (``TrainConfig.data_parallel``): PyTorch
+        joins torchrun's process group, Keras sets its distribution (JAX) or strategy (TensorFlow)."""
+        ...
+
     def add_lora(self, model: Any, spec: LoraSpec) -> None:
         """Give the spec's target projections zero LoRA adapters and freeze every other weight (``llmdual.add_lora``
         sets their values)."""
@@ -87,6 +93,15 @@ class Backend(Protocol):
 
     def remove_lora(self, model: Any) -> None:
         """Drop the model's adapters and unfreeze it (``llmdual.merge_lora`` folds them in first)."""
+        ...
+
+    def quantize(self, model: Any, scheme: str) -> None:
+        """Quantize the model's projections in place to ``scheme`` (int8: per-channel weights, per-token dynamic
+        activations; ``llmdual.quantize`` checks the scheme and the model first)."""
+        ...
+
+    def weight_bytes(self, model: Any) -> int:
+        """Bytes the model's weights take in memory (int8 data and scales once quantized)."""
         ...
 
     def onnx_graph(self, model: Any, sig: Any, example: dict[str, np.ndarray], opset: int, dynamic: bool) -> Any:

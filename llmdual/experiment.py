@@ -61,15 +61,26 @@ def plot_curves(runs: dict[str, Run], path: str | Path, title: str, baseline: fl
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for (backend, run), color, style in zip(runs.items(), ("tab:red", "tab:blue"), ("-", "--")):
-        ax.plot(run.history.step, run.history.loss, style, color=color, lw=1.2, label=f"{backend} train")
-        if run.history.val_loss:
-            ax.plot(run.history.val_step, run.history.val_loss, "o", color=color, ms=5, mfc="none",
-                    label=f"{backend} validation")
+        draw_history(ax, run.history, style, color, backend)
     if baseline is not None:
         ax.axhline(baseline, color="gray", lw=1, ls=":", label=f"unigram baseline ({baseline:.2f})")
     ax.set(xlabel="optimizer step", ylabel="cross-entropy (nats)", title=title)
     ax.grid(alpha=0.3)
     ax.legend()
+    return save_png(fig, path)
+
+
+def draw_history(ax: Any, history: History, style: str, color: str, label: str) -> None:
+    """One run's training loss (a thin line) and validation loss (hollow markers) on ``ax``."""
+    ax.plot(history.step, history.loss, style, color=color, lw=1.1, alpha=0.85, label=f"{label} train")
+    if history.val_loss:
+        ax.plot(history.val_step, history.val_loss, "o", color=color, ms=5, mfc="none", label=f"{label} val")
+
+
+def save_png(fig: Any, path: str | Path) -> Path:
+    """Lay out ``fig``, write it to ``path`` as a PNG (atomically) and close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from llmdual.api import get_weights, set_weights
+from llmdual.api import get_weights, refuse_quantized, set_weights
 from llmdual.config import Config
 from llmdual.contract import backend_of
 from llmdual.io import atomic_write, read_checked, write_checked
@@ -120,6 +120,7 @@ def add_lora(model: Any, rank: int = 8, alpha: float = 16.0, targets: str | Iter
     canonical ``attn.``/``mlp.`` name. ``ValueError`` for a bad rank, alpha or target, or adapters already there.
     """
     backend = backend_of(model)
+    refuse_quantized(model, "add LoRA adapters", "add them to the float32 model, merge_lora, then llmdual.quantize")
     if model.lora is not None:
         raise ValueError(f"the model already has LoRA adapters ({describe(model.lora)}); adapters are added once: "
                          "merge_lora(model) first to add new ones")

@@ -1,5 +1,5 @@
-"""The training recipe, framework-free: TrainConfig, the warmup+cosine schedule, batch checks, micro-batch
-weights and the per-step History that both backends' trainers share."""
+"""The training recipe, framework-free: TrainConfig, the warmup+cosine schedule, batch checks and the per-step
+History that both backends' trainers share (micro-batch weights: ``llmdual.distributed.shard_weights``)."""
 
 from __future__ import annotations
 
@@ -32,6 +32,8 @@ class TrainConfig:
     evaluates only at the end. With a ``checkpoint_dir`` the run state (model file, optimizer state, history;
     see ``llmdual.training``) is saved there every ``checkpoint_interval`` steps (0: only at the end).
     ``jit_compile`` XLA-compiles the Keras train step (TensorFlow backend); PyTorch ignores it.
+    ``data_parallel`` ranks share every step (``llmdual.distributed``): each takes an equal shard of every
+    micro-batch, so ``batch_size`` stays the global batch and must divide by ``grad_accum * data_parallel``.
     """
 
     steps: int = 100
@@ -53,11 +55,13 @@ class TrainConfig:
     checkpoint_interval: int = 0
     jit_compile: bool = False
     progress: bool = True
+    data_parallel: int = 1
 
     def __post_init__(self) -> None:
         problems = []
         for name, low in (("steps", 1), ("batch_size", 1), ("grad_accum", 1), ("warmup_steps", 0),
-                          ("eval_interval", 0), ("eval_batches", 0), ("seed", 0), ("checkpoint_interval", 0)):
+                          ("eval_interval", 0), ("eval_batches", 0), ("seed", 0), ("checkpoint_interval", 0),
+                          ("data_parallel", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 problems.append(f"{name} must be an integer >= {low}, got {value!r}")
@@ -71,6 +75,10 @@ class TrainConfig:
                 problems.append(f"{name} must be in [0, 1), got {value!r}")
         if not problems and self.batch_size % self.grad_accum:
             problems.append(f"batch_size ({self.batch_size}) must be divisible by grad_accum ({self.grad_accum})")
+        if not problems and self.batch_size % (self.grad_accum * self.data_parallel):
+            problems.append(f"batch_size ({self.batch_size}) must be divisible by grad_accum x data_parallel "
+                            f"({self.grad_accum} x {self.data_parallel}): each rank takes an equal share of every "
+                            f"micro-batch")
         if not problems and self.min_lr > self.lr:
             problems.append(f"min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
         if self.precision not in PRECISIONS:
@@ -133,9 +141,3 @@ def check_batch(batch: Batch, task: str, cfg: TrainConfig, config: Config | None
     check_training_batch(ids, targets, task, config, mask[0] if mask else None, cfg.grad_accum)
     return tuple(a.astype(np.int64) for a in batch)
 
-
-def micro_weights(targets: np.ndarray, grad_accum: int) -> np.ndarray:
-    """Each micro-batch's share of the batch's counted targets (not -100), so accumulated gradients equal the
-    full batch's mean-loss gradient even when micro-batches count different numbers of targets."""
-    counts = (targets.reshape(grad_accum, -1) != -100).sum(axis=1).astype(np.float64)
-    return (counts / max(counts.sum(), 1.0)).astype(np.float32)

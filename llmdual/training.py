@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from llmdual.api import get_weights, read_model, save, set_weights
+from llmdual.api import get_weights, read_model, refuse_quantized, save, set_weights
 from llmdual.config import Config
 from llmdual.contract import backend_name, backend_of
 from llmdual.evaluate import mean_loss
@@ -55,10 +55,12 @@ def train(model: Any, data: Any, cfg: TrainConfig, resume: str | Path | None = N
     e.g. ``runs/ckpt/step-000010``, or a folder for its latest) to continue from."""
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"cfg must be an llmdual.TrainConfig, got {type(cfg).__name__}")
+    backend = backend_of(model)
+    refuse_quantized(model, "train it", "train the float32 model, then llmdual.quantize it")
     if cfg.checkpoint_dir:
         check_run_folder(cfg.checkpoint_dir)
     get_batch, val = batch_source(data, cfg)
-    return backend_of(model).train(model, get_batch, cfg, val, resume)
+    return backend.train(model, get_batch, cfg, val, resume)
 
 
 def check_run_folder(folder: str | Path) -> Path:
@@ -166,10 +168,13 @@ def check_moments(moments: Mapping[str, np.ndarray], config: Config, task: str,
 
 class Monitor:
     """Bookkeeping after each optimizer step, shared by both loops: history, progress bar, evaluation and run
-    state. ``moments()`` returns the optimizer state to save (canonical names)."""
+    state. ``moments()`` returns the optimizer state to save (canonical names). In a data-parallel run only rank 0
+    evaluates, saves the run state and draws the bar; the other ranks record their history."""
 
     def __init__(self, model: Any, cfg: TrainConfig, val: Sequence[Batch], history: History, start: int,
-                 moments: Callable[[], dict[str, np.ndarray]]):
+                 moments: Callable[[], dict[str, np.ndarray]], rank: int = 0):
+        if rank:
+            cfg, val = cfg.replace(checkpoint_dir=None, progress=False), []
         self.model, self.cfg, self.val, self.history, self.moments = model, cfg, val, history, moments
         self.bar = tqdm(total=cfg.steps, initial=start, desc=f"train {history.backend}", dynamic_ncols=True,
                         disable=not cfg.progress or start >= cfg.steps, leave=False)

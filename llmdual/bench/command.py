@@ -94,6 +94,10 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
     p.add_argument("--seed", type=int, default=DEFAULTS.seed, help="weights, inputs and engine order")
     p.add_argument("--timeout", type=float, default=DEFAULTS.timeout_s, help="seconds allowed per case")
     p.add_argument("--nanogpt", metavar="PATH", help="a nanoGPT checkout (or its model.py) for the nanogpt engine")
+    p.add_argument("--data-parallel", type=int, default=None, metavar="N",
+                   help="train workload only: tokens/s at 1 and N data-parallel workers per engine (PyTorch DDP, "
+                        "Keras-JAX DataParallel, Keras-TF MirroredStrategy) and the scaling efficiency, after "
+                        "each engine's N-way vs 1-device parity check; --threads are shared by the workers")
     p.add_argument("--charts", action=argparse.BooleanOptionalAction, default=None,
                    help="write PNG charts (needs matplotlib: pip install 'llmdual[report]'; default: if installed)")
     return p.parse_args(argv)
@@ -102,6 +106,8 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Run a benchmark from command-line arguments; 0 when it ran, 2 for options it refused before running."""
     args = parse_args(argv, prog)
+    if args.data_parallel is not None:
+        return _scaling(args, prog)
     base = {**{k: getattr(DEFAULTS, k) for k in compare.QUICK}, **(compare.QUICK if args.quick else {})}
     given = {"engines": args.engines, "batch_sizes": args.batch, "seq_lens": args.seq_len,
              "prompt_len": args.prompt_len, "new_tokens": args.new_tokens}
@@ -121,3 +127,21 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         return 2
     print("wrote " + ", ".join(str(f) for f in files))
     return 0
+
+
+def _scaling(args: argparse.Namespace, prog: str | None) -> int:
+    """``--data-parallel N``: the train workload's scaling table (``llmdual.bench.scaling``)."""
+    from llmdual.bench import scaling
+
+    try:
+        if tuple(args.workloads) != ("train",):
+            raise ValueError(f"--data-parallel measures the train workload only; pass --workloads train "
+                             f"(got {','.join(args.workloads)})")
+        batch, seq_len = (args.batch or DEFAULTS.batch_sizes)[0], (args.seq_len or DEFAULTS.seq_lens)[0]
+        rows = scaling.run(args.data_parallel, args.preset, batch, seq_len, threads=args.threads, out=args.out)
+    except ValueError as error:
+        print(f"{prog or 'compare.py'}: error: {error}", file=sys.stderr)
+        return 2
+    print(scaling.table(rows, args.preset, batch, seq_len))
+    print(f"wrote {args.out}/scaling.json")
+    return 0 if all(r["parity"] for r in rows) else 1

@@ -1,7 +1,8 @@
 """llmdual's Keras model on the backend ``KERAS_BACKEND`` selected for this process, run the way Keras runs it.
 
 The forward is compiled as ``predict`` would (``tf.function``, XLA only for ``keras-tensorflow-xla``; ``jax.jit``;
-eager on torch); mixed precision is Keras' global dtype policy, set before the model is built.
+eager on torch); mixed precision is Keras' global dtype policy, set before the model is built. ``keras-int8``: the
+model quantized by Keras' ``model.quantize("int8")`` (see ``llmdual.quantize``).
 """
 
 from __future__ import annotations
@@ -16,21 +17,25 @@ import numpy as np
 from keras import ops
 
 import llmdual
+from llmdual.bench.engines import quantize_scalars
 from llmdual.bench.reference import build_keras_hub, checkpoint
 from llmdual.bench.timing import PROBE_SIZE, probe
 from llmdual.bench.workloads import Runtime
 from llmdual.config import Config
 from llmdual.contract import backend
+from llmdual.quantize import weight_bytes
 from llmdual.recipe import Batch, TrainConfig
 
 POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 
 
 class KerasRuntime(Runtime):
-    """llmdual's Keras model on this process's Keras backend; ``jit_compile`` for the forward and training step."""
+    """llmdual's Keras model on this process's Keras backend; ``jit_compile`` for the forward and training step;
+    ``quantize`` replaces it by its int8 copy (``llmdual.quantize``), measured against it on the built-in corpus."""
 
-    def __init__(self, settings: Mapping[str, Any], jit_compile: bool):
+    def __init__(self, settings: Mapping[str, Any], jit_compile: bool, quantize: str | None = None):
         self.backend = keras.backend.backend()
+        self.quantize, self.quality_cache = quantize, {}
         self.cuda = settings.get("device") == "cuda"
         self.jit_compile, self.model, self.dtype = jit_compile, None, "float32"
         self.contract = backend("keras")
@@ -64,7 +69,11 @@ class KerasRuntime(Runtime):
         keras.config.set_dtype_policy(POLICIES[self.dtype])
         started = time.perf_counter()
         self.model = llmdual.build(Config.from_dict(settings["config"]), "keras", task, settings["seed"])
-        return {"build_s": time.perf_counter() - started}
+        scalars = {"weights_mb": weight_bytes(self.model) / 2**20}
+        if self.quantize:
+            self.model, scalars = quantize_scalars(self.model, self.quantize, settings, self.quality_cache)
+            started += scalars["quality_s"]  # the quality measurement is reported on its own
+        return {"build_s": time.perf_counter() - started, **scalars}
 
     def sync(self, output: Any = None) -> Any:
         """Wait for ``output`` (JAX dispatches asynchronously) or for the GPU's queue; returns ``output``."""

@@ -1,4 +1,5 @@
-"""llmdual's PyTorch model, eager (``torch-eager``) or under ``torch.compile`` (``torch-compile``).
+"""llmdual's PyTorch model, eager (``torch-eager``), under ``torch.compile`` (``torch-compile``) or quantized to int8
+with torchao (``torch-int8``, eager; see ``llmdual.quantize``).
 
 Mixed precision is ``torch.autocast`` (weights stay float32), as llmdual's trainer does it; on CUDA every timed
 call ends with ``torch.cuda.synchronize`` and device memory is the caching allocator's own peak.
@@ -18,10 +19,12 @@ import numpy as np
 import torch
 
 import llmdual
+from llmdual.bench.engines import quantize_scalars
 from llmdual.bench.timing import PROBE_SIZE, probe
 from llmdual.bench.workloads import Runtime
 from llmdual.config import Config
 from llmdual.contract import backend
+from llmdual.quantize import weight_bytes
 from llmdual.recipe import Batch, TrainConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -61,10 +64,12 @@ def cold_compile_cache() -> tempfile.TemporaryDirectory:
 
 
 class TorchRuntime(Runtime):
-    """llmdual's PyTorch model on one device; ``compile`` wraps it in ``torch.compile`` (``Module.compile``)."""
+    """llmdual's PyTorch model on one device; ``compile`` wraps it in ``torch.compile`` (``Module.compile``);
+    ``quantize`` replaces it by its int8 copy (``llmdual.quantize``), measured against it on the built-in corpus."""
 
-    def __init__(self, settings: Mapping[str, Any], compile: bool = False):
+    def __init__(self, settings: Mapping[str, Any], compile: bool = False, quantize: str | None = None):
         self.device, self.compile, self.model, self.dtype = torch_device(settings), compile, None, torch.float32
+        self.quantize, self.quality_cache = quantize, {}
         self.backend = backend("torch")
         if compile:
             self.cache = cold_compile_cache()
@@ -82,11 +87,15 @@ class TorchRuntime(Runtime):
         self.dtype = DTYPES[settings["dtype"]]
         started = time.perf_counter()
         model = llmdual.build(Config.from_dict(settings["config"]), "torch", task, settings["seed"]).to(self.device)
+        scalars = {"weights_mb": weight_bytes(model) / 2**20}
+        if self.quantize:
+            model, scalars = quantize_scalars(model, self.quantize, settings, self.quality_cache)
+            started += scalars["quality_s"]  # the quality measurement is reported on its own
         if self.compile:
             model.compile()
         self.sync()
         self.model = model
-        return {"build_s": time.perf_counter() - started}
+        return {"build_s": time.perf_counter() - started, **scalars}
 
     def forward(self, ids: np.ndarray, mask: np.ndarray | None) -> Callable[[], Any]:
         model = self.model.eval()

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,8 +16,8 @@ from typing import Any
 
 # Top-level module -> the llmdual extra that installs it.
 EXTRAS: dict[str, str] = {
-    "torch": "torch", "keras": "keras", "tensorflow": "keras", "jax": "jax", "jaxlib": "jax", "onnx": "onnx",
-    "onnxruntime": "onnx", "onnxscript": "onnx", "tf2onnx": "onnx", "transformers": "reference",
+    "torch": "torch", "torchao": "torch", "keras": "keras", "tensorflow": "keras", "jax": "jax", "jaxlib": "jax",
+    "onnx": "onnx", "onnxruntime": "onnx", "onnxscript": "onnx", "tf2onnx": "onnx", "transformers": "reference",
     "keras_hub": "reference",
 }
 
@@ -37,6 +39,7 @@ class Engine:
     note: str = ""
     needs: str = ""  # the non-default setting this engine stands for (``jit_compile=True``), named in verdicts
     default: str | None = None  # the engine of the same framework with its default settings
+    quantized: bool = False  # int8 weights and activations: other numerics, so outside the framework verdict
 
 
 _TORCH, _KERAS = "llmdual.bench.engine_torch:TorchRuntime", "llmdual.bench.engine_keras:KerasRuntime"
@@ -46,6 +49,14 @@ _ORT_SKIPS = {"train": "onnxruntime runs exported inference graphs only",
 _REF_SKIPS = {"classify": "the reference GPT-2s are language models only",
               "kv": "the KV-cache bar measures llmdual's own decoders"}
 _KERAS_ORT = ("keras", "tensorflow", "tf2onnx", "onnx", "onnxruntime")
+_INT8_SKIPS = {"train": "an int8 model only runs inference", "classify": "int8 is measured on the language model",
+               "kv": "the KV-cache bar compares llmdual's float32 decoders"}
+# An int8 engine's largest accepted |logit - float32 logit|: weights and activations rounded to 1/254 of their
+# per-channel / per-token range move the small preset's seed-initialised logits (about +-2) by 0.04 at 8 x 256
+# (measured 0.040 torchao, 0.041 Keras; 0.051 on the corpus blocks); 0.2 leaves room for other shapes and seeds and
+# still refuses a wrong scale or a broken layer, which move them by 1 or more. Greedy tokens are then not compared:
+# a near-tie may flip.
+INT8_TOLERANCE = 0.2
 
 
 def _kerashub(suffix: str, backend: str, module: str, jit_compile: bool) -> Engine:
@@ -63,6 +74,13 @@ ENGINES: dict[str, Engine] = {e.name: e for e in (
            "tensorflow", needs="jit_compile=True", default="keras-tensorflow"),
     Engine("keras-jax", "Keras/JAX", ("keras", "jax", "jaxlib"), _KERAS, {"jit_compile": True}, "jax"),
     Engine("keras-torch", "Keras/PyTorch", ("keras", "torch"), _KERAS, {"jit_compile": False}, "torch"),
+    Engine("torch-int8", "PyTorch", ("torch", "torchao"), _TORCH, {"compile": False, "quantize": "int8"},
+           skips=_INT8_SKIPS, tolerance=INT8_TOLERANCE, quantized=True,
+           note="torchao Int8DynamicActivationInt8WeightConfig, eager"),
+    Engine("keras-int8", "Keras/TensorFlow", ("keras", "tensorflow"), _KERAS,
+           {"jit_compile": False, "quantize": "int8"}, "tensorflow", skips=_INT8_SKIPS, tolerance=INT8_TOLERANCE,
+           quantized=True,
+           note="model.quantize('int8') on the Dense layers, tf.function"),
     Engine("ort-torch-export", "ONNX Runtime", ("torch", "onnx", "onnxscript", "onnxruntime"), _ORT,
            {"source": "torch"}, skips=_ORT_SKIPS),
     Engine("ort-keras-export", "ONNX Runtime", _KERAS_ORT, _ORT, {"source": "keras"}, "tensorflow", skips=_ORT_SKIPS),
@@ -79,7 +97,8 @@ ENGINES: dict[str, Engine] = {e.name: e for e in (
            skips={**_REF_SKIPS, "generate": "nanoGPT's generate recomputes the prefix (no KV cache)"},
            note="a user's checkout (--nanogpt); exact GELU, hence tolerance 1e-2; infer is forward with targets"),
 )}
-LLMDUAL_ENGINES = tuple(name for name, e in ENGINES.items() if not e.reference)
+LLMDUAL_ENGINES = tuple(name for name, e in ENGINES.items() if not e.reference and not e.quantized)
+QUANTIZED_ENGINES = tuple(name for name, e in ENGINES.items() if e.quantized)
 
 
 def framework_of(engine: str) -> str:
@@ -90,6 +109,11 @@ def framework_of(engine: str) -> str:
 def is_reference(engine: str) -> bool:
     """Whether ``engine`` is a reference implementation rather than llmdual."""
     return engine in ENGINES and ENGINES[engine].reference
+
+
+def is_quantized(engine: str) -> bool:
+    """Whether ``engine`` runs an int8 model (compared with float32 on quality, kept out of the verdict)."""
+    return engine in ENGINES and ENGINES[engine].quantized
 
 
 def skip_reason(engine: str, settings: Mapping[str, Any] | None = None) -> str | None:
@@ -125,6 +149,26 @@ def not_applicable(engine: str, workload: str, settings: Mapping[str, Any]) -> s
         return (f"not applicable: a {prompt}-token prompt and {settings['new_tokens']} new tokens exceed "
                 f"max_seq_len {limit}")
     return None
+
+
+def quantize_scalars(model: Any, scheme: str, settings: Mapping[str, Any], cache: dict[str, Any]
+                     ) -> tuple[Any, dict[str, float]]:
+    """The quantized copy of a case's float32 ``model`` and its figures: weight sizes before and after, and its quality
+    against ``model`` on the built-in corpus (``llmdual.quantize.measure``, computed once per model in ``cache``;
+    ``quality_s``: the seconds that took, not part of the build)."""
+    from llmdual.quantize import corpus_batches, measure, quantized_copy, weight_bytes
+
+    quantized = quantized_copy(model, scheme)
+    key = json.dumps([settings["config"], settings["seed"], scheme], sort_keys=True)
+    started = time.perf_counter()
+    if key not in cache:
+        cache[key] = measure(model, quantized, corpus_batches(model.config)).to_dict()
+    q = cache[key]
+    return quantized, {"quality_s": time.perf_counter() - started, "weights_mb": weight_bytes(quantized) / 2**20,
+                       "fp32_weights_mb": weight_bytes(model) / 2**20,
+                       "perplexity_fp32": q["perplexity"], "perplexity_int8": q["quantized_perplexity"],
+                       "perplexity_delta": q["perplexity_delta"], "top1_agreement": q["top1_agreement"],
+                       "max_abs_logit_diff": q["max_abs_logit_diff"]}
 
 
 def open_engine(name: str, settings: Mapping[str, Any]) -> Any:

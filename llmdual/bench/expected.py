@@ -40,6 +40,12 @@ def exact_tokens(dtype: str, tf32: bool = False) -> bool:
     return dtype == "float32" and not tf32
 
 
+def tokens_comparable(tol: float) -> bool:
+    """Whether an engine held to logit tolerance ``tol`` computes float32's numbers closely enough for its greedy
+    tokens to be compared: not an int8 engine (``llmdual.bench.engines.INT8_TOLERANCE``), where a near-tie flips."""
+    return tol <= TOLERANCES["fp32"]
+
+
 def kv_step(decoder: Any, context: np.ndarray) -> Any:
     """A call running one decoding step at ``context``'s full length after prefilling all but its last token."""
     S = context.shape[1]
@@ -104,9 +110,11 @@ def _largest(got: np.ndarray, want: np.ndarray, relative: bool) -> float:
 
 def check(workload: str, got: Mapping[str, np.ndarray], want: Mapping[str, np.ndarray], tol: float,
           tokens_exact: bool = True) -> tuple[float, str | None]:
-    """The largest difference of an engine's outputs from the expected ones, and why it is refused (None if not).
-    ``got`` uses the expected keys without the workload prefix (``logits``, ``loss``, ``b1.tokens``...)."""
+    """The largest difference of an engine's outputs from the expected ones, and why it is refused (None if not);
+    greedy tokens count only with ``tokens_exact`` at a float32 tolerance (``tokens_comparable``). ``got`` uses the
+    expected keys without the workload prefix (``logits``, ``loss``, ``b1.tokens``...)."""
     diffs: dict[str, float] = {}
+    tokens_exact = tokens_exact and tokens_comparable(tol)
     for key, value in got.items():
         expected = want[f"{workload}.{key}"][: len(value)] if workload == "train" else want[f"{workload}.{key}"]
         if key.endswith("tokens"):

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from llmdual.bench.engines import is_quantized
 from llmdual.bench.results import WORKLOAD_METRICS, WORKLOADS, write_text
 from llmdual.bench.units import format_flops, format_value, metric_of, varying
 from llmdual.bench.verdict import MEMORY_METRICS, verdict
@@ -90,6 +91,32 @@ def workload_table(doc: dict[str, Any], workload: str, compact: bool = False) ->
     return header, rows
 
 
+def int8_table(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the int8 table: each engine's weight size, and for the int8 engines their quality against
+    the same model in float32 on the built-in corpus (``llmdual.quantize.measure``); empty without int8 engines."""
+    header = ["engine", "weights MB", "vs float32", "perplexity fp32", "perplexity int8", "Δ perplexity",
+              "top-1 agreement", "max abs Δ logit"]
+    firsts: dict[str, dict[str, Any]] = {}
+    for case in doc["cases"]:
+        s = case["scalars"]
+        if case["status"] == "ok" and ("weights_mb" in s or "file_mb" in s):
+            firsts.setdefault(case["engine"], s)
+    if not any(is_quantized(engine) for engine in firsts):
+        return header, []
+    rows = []
+    for engine, s in firsts.items():
+        size = s.get("weights_mb", s.get("file_mb"))
+        row = [engine + ("" if "weights_mb" in s else " (ONNX file)"), f"{size:.1f}"]
+        if "perplexity_int8" in s:
+            row += [f"{size / s['fp32_weights_mb']:.2f}×", f"{s['perplexity_fp32']:.2f}", f"{s['perplexity_int8']:.2f}",
+                    f"{100 * s['perplexity_delta']:+.3f}%", f"{100 * s['top1_agreement']:.2f}%",
+                    f"{s['max_abs_logit_diff']:.3g}"]
+        else:
+            row += ["–"] * 6
+        rows.append(row)
+    return header, rows
+
+
 def print_tables(doc: dict[str, Any], console: Any = None) -> None:
     """Print one table per workload: a rich table when rich is installed (or ``console`` is a rich Console),
     else aligned plain text on ``console`` (a ``print``-like callable) or stdout."""
@@ -112,6 +139,11 @@ def print_tables(doc: dict[str, Any], console: Any = None) -> None:
             console.print(grid)
         else:
             (console or print)(f"{workload}\n{table(header, rows, markdown=False)}\n")
+    header, rows = int8_table(doc)
+    if rows:
+        (console.print if hasattr(console, "print") else console or print)(
+            f"int8 (quality on the built-in corpus against the same model in float32)\n"
+            f"{table(header, rows, markdown=False)}\n")
 
 
 def settings_lines(settings: dict[str, Any]) -> list[str]:
@@ -162,6 +194,12 @@ def markdown_report(doc: dict[str, Any], priority: str, charts: Sequence[Path] =
         header, rows = workload_table(doc, workload)
         if rows:
             out += [f"### {workload}", "", table(header, [[c.replace("|", "\\|") for c in row] for row in rows]), ""]
+    header, rows = int8_table(doc)
+    if rows:
+        out += ["### int8", "", "Weights in memory (ONNX: the file), and each int8 engine's perplexity and next-token "
+                "agreement against the same seed-initialised model in float32, on the built-in corpus' validation "
+                "blocks (`llmdual.quantize.measure`). Speed: the int8 rows of the tables above.", "",
+                table(header, rows), ""]
     sources = sorted({c["flops"]["peak_source"] for c in doc["cases"] if (c.get("flops") or {}).get("peak_source")})
     if sources:
         out += [f"MFU is judged against: {', '.join(sources)}.", ""]

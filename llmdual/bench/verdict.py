@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from llmdual.bench import stats
-from llmdual.bench.engines import ENGINES, is_reference
+from llmdual.bench.engines import ENGINES, is_quantized, is_reference
 from llmdual.bench.results import WORKLOAD_METRICS, WORKLOADS
 from llmdual.bench.units import format_value, metric_of, point_label, varying
 from llmdual.config import Config
@@ -29,12 +29,13 @@ def _kind(metric: str) -> int:
 
 
 def groups_of(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    """The summary groups a verdict is about: llmdual's engines only, on the headline, memory and warm-up figures."""
+    """The summary groups a verdict is about: llmdual's float engines only (int8 ones have their own table), on the
+    headline, memory and warm-up figures."""
     out = []
     for group in doc["summary"]["groups"]:
         if group["metric"] not in (WORKLOAD_METRICS[group["workload"]][0], *MEMORY_METRICS, "warmup_s"):
             continue
-        entries = [e for e in group["entries"] if not is_reference(e["engine"])]
+        entries = [e for e in group["entries"] if not is_reference(e["engine"]) and not is_quantized(e["engine"])]
         if entries:
             out.append({**group, "entries": entries})
     return out

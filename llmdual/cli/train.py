@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -51,12 +52,40 @@ def resolve(args: argparse.Namespace) -> dict[str, Any]:
     return {"backend": args.backend, "model": config.to_dict(), "train": train_config.to_dict(), "data": data}
 
 
+def launch(args: argparse.Namespace, resolved: dict[str, Any]) -> int:
+    """A PyTorch data-parallel run started outside a launcher: run this command again as ``data_parallel``
+    ranks under torchrun's launcher (the resolved settings passed on as its ``--config``)."""
+    import tempfile
+
+    from llmdual.distributed import run_launched
+
+    world = resolved["train"]["data_parallel"]
+    with tempfile.TemporaryDirectory(prefix="llmdual-train-") as tmp:
+        settings = Path(tmp) / "settings.json"
+        settings.write_text(json.dumps(resolved))
+        print(run_launched("torch-ddp", world, ["llmdual.cli", "train", "--backend", "torch", "--config", str(settings),
+                                                "--out", str(args.out.resolve())], threads=_threads()), end="")
+    return 0
+
+
+def _threads() -> int:
+    """Usable CPU cores (each of the launched ranks gets its share)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def run(args: argparse.Namespace) -> int:
     import llmdual
+    from llmdual.contract import backend
     from llmdual.corpus import stdlib_lm_data
+    from llmdual.distributed import engine_env, rank_and_world
     from llmdual.tokenizer import MIN_VOCAB
 
     resolved = resolve(args)
+    world = resolved["train"]["data_parallel"]
+    if world > 1 and args.backend == "torch" and "WORLD_SIZE" not in os.environ:
+        return launch(args, resolved)
+    if world > 1 and args.backend == "keras" and os.environ.get("KERAS_BACKEND") == "jax":
+        os.environ["XLA_FLAGS"] = engine_env("keras-jax", world)["XLA_FLAGS"]  # N CPU devices, read when JAX starts
     config = llmdual.Config.from_dict(resolved["model"])
     if config.vocab_size < MIN_VOCAB:
         raise CliError(f"vocab_size {config.vocab_size} is too small for the byte-level tokenizer (>= {MIN_VOCAB}); "
@@ -65,8 +94,11 @@ def run(args: argparse.Namespace) -> int:
     if data["block_size"] > config.max_seq_len:
         raise CliError(f"block_size {data['block_size']} exceeds max_seq_len {config.max_seq_len}")
     tokenizer, dataset = stdlib_lm_data(config.vocab_size, data["block_size"], data["files"], data["seed"])
-    model = llmdual.build(config, args.backend, "lm", seed=resolved["train"]["seed"])
-    history = llmdual.train(model, dataset, llmdual.TrainConfig(**resolved["train"]))
+    with backend(args.backend).data_parallel_scope(world):
+        model = llmdual.build(config, args.backend, "lm", seed=resolved["train"]["seed"])
+        history = llmdual.train(model, dataset, llmdual.TrainConfig(**resolved["train"]))
+    if rank_and_world()[0] != 0:  # one writer: rank 0
+        return 0
     path = llmdual.save(model, args.out)
     tokenizer.save(sibling(path, ".tokenizer.json"))
     sibling(path, ".config.json").write_text(json.dumps(resolved, indent=2) + "\n")
@@ -91,6 +123,8 @@ def add(sub: argparse._SubParsersAction) -> None:
     source.add_argument("--config", type=existing_file, metavar="JSON",
                         help="a Config JSON, or a <stem>.config.json written by an earlier run")
     p.add_argument("--set", type=key_value, action="append", metavar="KEY=VALUE",
-                   help="override a model (vocab_size, d_model, ...), training (steps, batch_size, lr, ...) or data "
-                        "(files, block_size, seed) setting; repeatable; prefix model./train./data. if ambiguous")
+                   help="override a model (vocab_size, d_model, ...), training (steps, batch_size, lr, "
+                        "data_parallel, ...) or data (files, block_size, seed) setting; repeatable; prefix "
+                        "model./train./data. if ambiguous. data_parallel=N: torch launches N ranks with torchrun "
+                        "(or run under torchrun yourself); Keras uses N devices (JAX) or replicas (TensorFlow)")
     p.set_defaults(func=run)

@@ -44,7 +44,9 @@ from llmdual.keras_backend.api import (  # noqa: E402
     loss_and_grads,
 )
 from llmdual.keras_backend.decode import decoder  # noqa: E402
+from llmdual.keras_backend.distributed import scope as data_parallel_scope  # noqa: E402
 from llmdual.keras_backend.lora import add_lora, remove_lora  # noqa: E402
+from llmdual.keras_backend.quantize import quantize, weight_bytes  # noqa: E402
 from llmdual.keras_backend.train import train, trainer  # noqa: E402
 from llmdual.keras_backend.weights import get_weights, set_weights  # noqa: E402
 
@@ -97,7 +99,7 @@ def load_native(path: str, format: str) -> tuple[Callable[[dict[str, np.ndarray]
 
 
 __all__ = [
-    "NAME", "add_lora", "build", "decoder", "forward", "get_weights", "intermediates", "loss_and_grads",
+    "NAME", "add_lora", "build", "data_parallel_scope", "decoder", "forward", "get_weights", "intermediates", "loss_and_grads",
     "onnx_graph", "onnx_opsets", "remove_lora", "run_signature", "set_weights", "train", "trainer",
-    "export_native", "load_native", "native_formats",
+    "export_native", "load_native", "native_formats", "quantize", "weight_bytes",
 ]

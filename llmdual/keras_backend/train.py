@@ -15,10 +15,12 @@ import keras
 import numpy as np
 from keras import ops
 
+from llmdual.distributed import rank_major, shard_weights
+from llmdual.keras_backend import distributed
 from llmdual.keras_backend.api import value_and_grad
 from llmdual.keras_backend.model import cross_entropy
 from llmdual.keras_backend.weights import stored_transposed, variable
-from llmdual.recipe import Batch, BatchFn, History, TrainConfig, check_batch, lr_at, micro_weights
+from llmdual.recipe import Batch, BatchFn, History, TrainConfig, check_batch, lr_at
 from llmdual.training import Monitor, check_moments, restore_run_state
 from llmdual.weights import trainable_shapes
 
@@ -55,7 +57,8 @@ class AdamW(keras.optimizers.AdamW):
         self.grad_norm = self.add_variable((), initializer="zeros", dtype="float32", name="grad_norm")
 
     def _clip_gradients(self, grads):
-        norm = ops.sqrt(sum(ops.sum(ops.square(ops.cast(g, "float32"))) for g in grads))
+        # the global norm: summed over TensorFlow's replicas first, as Keras clips before it sums them
+        norm = ops.sqrt(sum(ops.sum(ops.square(ops.cast(g, "float32"))) for g in distributed.reduce_sum(grads)))
         self.grad_norm.assign(norm)
         if not self.global_clipnorm:
             return grads
@@ -170,6 +173,7 @@ class Trainer(keras.Model):
         total, grads = self._gradients(args[0])
         self.optimizer.apply(grads, self.params)
         inner = getattr(self.optimizer, "inner_optimizer", self.optimizer)  # fp16 wraps AdamW in loss scaling
+        total = distributed.global_loss(total, self.cfg.data_parallel)
         return {"loss": total, "grad_norm": ops.convert_to_tensor(inner.grad_norm)}
 
     def _gradients(self, data) -> tuple[object, list]:
@@ -178,7 +182,7 @@ class Trainer(keras.Model):
             data = data[0]
         ids, targets, weights = data["ids"], data["targets"], data["weights"]
         mask = data.get("mask")
-        k, rows = self.cfg.grad_accum, self.cfg.batch_size // self.cfg.grad_accum
+        k, rows = self.cfg.grad_accum, self.cfg.batch_size // self.cfg.grad_accum // distributed.blocks(self.cfg)
         scale = getattr(self.optimizer, "dynamic_scale", None)  # fp16: the loss-scaling optimizer's factor
         total, grads = 0.0, None
         for i in range(k):
@@ -187,7 +191,7 @@ class Trainer(keras.Model):
             def loss_fn(part=part, i=i):  # this micro-batch's rows and weight, bound explicitly
                 with precision_context(self.cfg.precision, self.model):  # applies while the step is traced
                     logits = self.model(ids[part], None if mask is None else mask[part], training=True)
-                return self.optimizer.scale_loss(cross_entropy(logits, targets[part]) * weights[i])
+                return self.optimizer.scale_loss(cross_entropy(logits, targets[part]) * weights[0, i])
 
             loss, g = value_and_grad(loss_fn, self.params)
             # Embedding gathers give TensorFlow sparse slices with repeated rows: adding them to zeros sums the
@@ -224,7 +228,13 @@ class Trainer(keras.Model):
 def step_inputs(batch: Batch, cfg: TrainConfig, model: keras.Model) -> dict[str, np.ndarray]:
     """A numpy batch as ``Trainer.train_step`` takes it: ids, targets, micro-batch weights (and the mask)."""
     ids, *mask, targets = check_batch(batch, model.task, cfg, config=model.config)
-    out = {"ids": ids, "targets": targets, "weights": micro_weights(targets, cfg.grad_accum)}
+    # TensorFlow hands each replica a contiguous block of rows: lay the ranks' shards out rank by rank (JAX's one
+    # program takes the batch as it is). The engines split every input by rows, so each row carries its block's
+    # micro-batch weights, (batch, grad_accum).
+    blocks = distributed.blocks(cfg)
+    weights = np.repeat(shard_weights(targets, blocks, cfg.grad_accum), len(targets) // blocks, axis=0)
+    ids, *mask, targets = rank_major((ids, *mask, targets), blocks, cfg.grad_accum)
+    out = {"ids": ids, "targets": targets, "weights": weights}
     return {**out, "mask": mask[0]} if mask else out
 
 
@@ -277,8 +287,9 @@ def train(model: keras.Model, get_batch: BatchFn, cfg: TrainConfig, val: Sequenc
     if resume is not None:
         start, state, history = restore_run_state(model, resume)
         load_moments(optimizer, model, state, start)
-    trainer = Trainer(model, cfg, optimizer, start)
-    monitor = Monitor(model, cfg, val, history, start, lambda: moments(optimizer, model))
+    rank, world = distributed.rank_and_world(cfg)
+    trainer = Trainer(distributed.wrap(model, world), cfg, optimizer, start)
+    monitor = Monitor(model, cfg, val, history, start, lambda: moments(optimizer, model), rank)
     if start == cfg.steps:
         return history
     tokens = check_batch(get_batch(start), model.task, cfg, config=model.config)[0].size

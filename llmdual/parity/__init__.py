@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from llmdual.config import Config
-from llmdual.parity import lora, model, training
+from llmdual.parity import data_parallel, lora, model, training
 from llmdual.parity.core import Check, ParityContext, ParityReport, first_divergence
 
 # check group name -> checks, in the order they run (training builds on the model checks passing)
@@ -17,15 +17,19 @@ GROUPS: dict[str, list[Callable[[ParityContext], list[Check]]]] = {
     "model": model.CHECKS,
     "training": training.CHECKS,
     "lora": lora.CHECKS,
+    "data-parallel": data_parallel.CHECKS,
 }
+# groups run only when named: "all" leaves them out (data-parallel launches a dozen multi-process runs)
+OPT_IN = {"data-parallel"}
 
 
 def checks_for(names: Sequence[str]) -> list[Callable[[ParityContext], list[Check]]]:
-    """The checks of the named groups ("all" for every group), in registry order."""
+    """The checks of the named groups ("all" for every group but the opt-in ones), in registry order."""
     unknown = sorted(set(names) - set(GROUPS) - {"all"})
     if unknown:
         raise ValueError(f"unknown parity check group(s) {unknown}; choose from {['all', *GROUPS]}")
-    return [c for group, checks in GROUPS.items() if "all" in names or group in names for c in checks]
+    return [c for group, checks in GROUPS.items()
+            if group in names or ("all" in names and group not in OPT_IN) for c in checks]
 
 
 def run(

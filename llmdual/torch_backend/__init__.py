@@ -17,7 +17,9 @@ from llmdual.torch_backend.api import (
     loss_and_grads,
 )
 from llmdual.torch_backend.decode import decoder
+from llmdual.torch_backend.distributed import scope as data_parallel_scope
 from llmdual.torch_backend.lora import add_lora, remove_lora
+from llmdual.torch_backend.quantize import quantize, weight_bytes
 from llmdual.torch_backend.train import train, trainer
 from llmdual.torch_backend.weights import get_weights, set_weights
 
@@ -67,7 +69,7 @@ def load_native(path: str, format: str) -> tuple[Callable[[dict[str, np.ndarray]
 
 
 __all__ = [
-    "NAME", "add_lora", "build", "decoder", "forward", "get_weights", "intermediates", "loss_and_grads",
+    "NAME", "add_lora", "build", "data_parallel_scope", "decoder", "forward", "get_weights", "intermediates", "loss_and_grads",
     "onnx_graph", "onnx_opsets", "remove_lora", "run_signature", "set_weights", "train", "trainer",
-    "export_native", "load_native", "native_formats",
+    "export_native", "load_native", "native_formats", "quantize", "weight_bytes",
 ]

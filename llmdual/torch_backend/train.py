@@ -15,7 +15,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from llmdual.recipe import Batch, BatchFn, History, TrainConfig, check_batch, lr_at, micro_weights
+from llmdual.distributed import fail_if_asked, shard, shard_weights
+from llmdual.recipe import Batch, BatchFn, History, TrainConfig, check_batch, lr_at
+from llmdual.torch_backend import distributed
 from llmdual.torch_backend.model import cross_entropy
 from llmdual.torch_backend.weights import stored_transposed
 from llmdual.training import Monitor, check_moments, restore_run_state
@@ -84,7 +86,9 @@ def precision_context(precision: str, model: nn.Module) -> Iterator[None]:
 
 class Trainer:
     """One AdamW step at a time on a model: the optimizer, its step count (from ``start``: the schedule's position
-    and AdamW's bias correction), the training precision and, for fp16, a ``GradScaler`` beside the optimizer."""
+    and AdamW's bias correction), the training precision and, for fp16, a ``GradScaler`` beside the optimizer.
+    With ``cfg.data_parallel`` ranks (inside ``distributed.scope``) each rank runs its shard of every step through
+    ``DistributedDataParallel``."""
 
     def __init__(self, model: nn.Module, cfg: TrainConfig, optimizer: torch.optim.AdamW | None = None,
                  start: int = 0):
@@ -92,6 +96,8 @@ class Trainer:
         self.optimizer = make_optimizer(model, cfg) if optimizer is None else optimizer
         if start and not self.optimizer.state:  # as Keras' iteration count: bias correction continues from it
             load_moments(self.optimizer, model, moments(self.optimizer, model), start)
+        self.rank, self.world = distributed.rank_and_world(cfg)
+        self.module = distributed.wrap(model, self.world)
         self.device = next(model.parameters()).device
         fp16 = check_precision(cfg.precision, model) == "fp16"
         self.scaler = torch.amp.GradScaler("cuda") if fp16 else None
@@ -102,10 +108,11 @@ class Trainer:
         for i in range(self.cfg.grad_accum):
             ids, *mask, targets = (t[i] for t in tensors)
             with precision_context(self.cfg.precision, self.model):
-                logits = self.model(ids, *mask)  # the classifier's batches carry an attention mask
+                logits = self.module(ids, *mask)  # the classifier's batches carry an attention mask
             loss = cross_entropy(logits, targets) * float(weights[i])
             (loss if self.scaler is None else self.scaler.scale(loss)).backward()
             total += loss.detach()
+        total = distributed.global_loss(total, self.world)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         norm = nn.utils.clip_grad_norm_(list(parameters(self.model).values()), self.cfg.grad_clip or math.inf)
@@ -124,11 +131,14 @@ class Trainer:
         lr = float(lr_at(self.iterations, self.cfg))
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        # this rank's shard; DDP averages gradients over ranks, so each rank's weights are scaled by their number
+        weights = shard_weights(batch[-1], self.world, self.cfg.grad_accum)[self.rank] * self.world
+        batch = shard(batch, self.rank, self.world, self.cfg.grad_accum)
         tensors = [torch.as_tensor(a, device=self.device).chunk(self.cfg.grad_accum) for a in batch]
         was_training = self.model.training
         self.model.train()
         try:
-            result = self.train_step(tensors, micro_weights(batch[-1], self.cfg.grad_accum))
+            result = self.train_step(tensors, weights)
         finally:
             self.model.train(was_training)
         self.iterations += 1
@@ -142,17 +152,20 @@ def trainer(model: nn.Module, cfg: TrainConfig, optimizer: torch.optim.AdamW | N
 
 def train(model: nn.Module, get_batch: BatchFn, cfg: TrainConfig, val: Sequence[Batch],
           resume: str | Path | None = None) -> History:
-    """Run steps ``start .. cfg.steps - 1`` (``start`` from ``resume``'s run state, else 0); return the history."""
-    optimizer = make_optimizer(model, cfg)
-    start, history = 0, History("torch")
-    if resume is not None:
-        start, state, history = restore_run_state(model, resume)
-        load_moments(optimizer, model, state, start)
-    trainer = Trainer(model, cfg, optimizer, start)
-    monitor = Monitor(model, cfg, val, history, start, lambda: moments(optimizer, model))
-    for step in range(start, cfg.steps):
-        monitor.step_begin()
-        batch = get_batch(step)
-        loss, norm = trainer.step(batch)
-        monitor.step_end(step, loss, float(lr_at(step, cfg)), norm, np.asarray(batch[0]).size)
+    """Run steps ``start .. cfg.steps - 1`` (``start`` from ``resume``'s run state, else 0); return the history.
+    With ``cfg.data_parallel`` ranks this runs in each rank's process (torchrun); only rank 0 saves run states."""
+    with distributed.scope(cfg.data_parallel):
+        optimizer = make_optimizer(model, cfg)
+        start, history = 0, History("torch")
+        if resume is not None:
+            start, state, history = restore_run_state(model, resume)
+            load_moments(optimizer, model, state, start)
+        trainer = Trainer(model, cfg, optimizer, start)
+        monitor = Monitor(model, cfg, val, history, start, lambda: moments(optimizer, model), trainer.rank)
+        for step in range(start, cfg.steps):
+            fail_if_asked(trainer.rank, step)
+            monitor.step_begin()
+            batch = get_batch(step)
+            loss, norm = trainer.step(batch)
+            monitor.step_end(step, loss, float(lr_at(step, cfg)), norm, np.asarray(batch[0]).size)
     return history

@@ -1,0 +1,186 @@
+"""Data-parallel training, framework-free: how one step's batch is sharded over ranks, which rank this process
+is, and the launch command each framework's distributed engine needs.
+
+The shard plan: a step's ``batch_size`` rows are first split into ``grad_accum`` micro-batches (as on one device),
+then each micro-batch into ``world`` equal, contiguous shards. Rank ``r`` runs its shard of every micro-batch, in
+micro-batch order, so the union of the ranks' shards of a step is exactly the single-device batch, in the same order.
+Each shard's loss is weighted by its share of the step's counted targets, so summed over ranks and micro-batches
+the gradients equal the single-device mean-loss gradient.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from llmdual.recipe import Batch
+
+# The engines: (backend, Keras backend or None, what runs the ranks)
+ENGINES: dict[str, tuple[str, str | None, str]] = {
+    "torch-ddp": ("torch", None, "torch.distributed DistributedDataParallel, one process per rank (torchrun)"),
+    "keras-jax": ("keras", "jax", "keras.distribution.DataParallel over jax.devices()"),
+    "keras-tf": ("keras", "tensorflow", "tf.distribute.MirroredStrategy over logical devices"),
+}
+# Keras on the torch backend has no data parallelism of its own: keras/src/backend/__init__.py sets
+# distribution_lib = None for it (Keras 3.15), so keras.distribution cannot place anything there.
+KERAS_TORCH_REASON = ("Keras on the torch backend has no data parallelism: keras.distribution has no torch "
+                      "implementation (Keras sets backend.distribution_lib = None for torch), and Keras' fit does not "
+                      "wrap the model in DistributedDataParallel")
+# Environment variables: which rank to stop, and after how many steps, to test a rank dying mid-run
+FAIL_RANK, FAIL_STEP = "LLMDUAL_FAIL_RANK", "LLMDUAL_FAIL_STEP"
+FAIL_EXIT_CODE = 17
+
+
+def check_world(batch_size: int, grad_accum: int, world: int) -> int:
+    """``world`` if every micro-batch of ``batch_size // grad_accum`` rows splits into ``world`` equal shards."""
+    if isinstance(world, bool) or not isinstance(world, int) or world < 1:
+        raise ValueError(f"data_parallel must be an integer >= 1, got {world!r}")
+    if batch_size % (grad_accum * world):
+        raise ValueError(f"batch_size ({batch_size}) must be divisible by grad_accum x data_parallel "
+                         f"({grad_accum} x {world} = {grad_accum * world}): each rank takes an equal share of "
+                         f"every micro-batch")
+    return world
+
+
+def shard_rows(batch_size: int, grad_accum: int, world: int) -> np.ndarray:
+    """Row indices, shape ``(world, grad_accum, rows)``: ``[r, i]`` are rank ``r``'s rows of micro-batch ``i``."""
+    check_world(batch_size, grad_accum, world)
+    rows = batch_size // (grad_accum * world)
+    return np.arange(batch_size).reshape(grad_accum, world, rows).transpose(1, 0, 2)
+
+
+def shard(batch: Batch, rank: int, world: int, grad_accum: int) -> Batch:
+    """Rank ``rank``'s rows of a step's ``batch`` (every array), its micro-batches in order."""
+    if not 0 <= rank < world:
+        raise ValueError(f"rank must be in [0, {world}), got {rank}")
+    index = shard_rows(len(batch[0]), grad_accum, world)[rank].reshape(-1)
+    return tuple(np.asarray(a)[index] for a in batch)
+
+
+def rank_major(batch: Batch, world: int, grad_accum: int) -> Batch:
+    """Every rank's shard, concatenated rank by rank: the layout of engines that split a batch into contiguous
+    per-replica blocks (``tf.distribute``), so replica ``r`` receives exactly rank ``r``'s shard."""
+    index = shard_rows(len(batch[0]), grad_accum, world).reshape(-1)
+    return tuple(np.asarray(a)[index] for a in batch)
+
+
+def shard_weights(targets: np.ndarray, world: int, grad_accum: int) -> np.ndarray:
+    """Shape ``(world, grad_accum)``: each shard's share of the step's counted targets (not -100), the weight of
+    its mean loss, so the weighted sum over every rank and micro-batch is the step's mean loss."""
+    targets = np.asarray(targets)
+    index = shard_rows(len(targets), grad_accum, world)
+    counts = (targets[index].reshape(world, grad_accum, -1) != -100).sum(axis=2).astype(np.float64)
+    empty = np.argwhere(counts == 0)
+    if len(empty):
+        r, i = empty[0]
+        raise ValueError(f"rank {r}'s shard of micro-batch {i} has no counted target (all -100): its mean loss is "
+                         f"undefined; use fewer ranks or micro-batches, or batches without all-padding rows")
+    return (counts / counts.sum()).astype(np.float32)
+
+
+def rank_and_world(environ: Mapping[str, str] | None = None) -> tuple[int, int]:
+    """This process's ``(rank, world size)`` from the launcher's ``RANK``/``WORLD_SIZE`` (torchrun sets both);
+    ``(0, 1)`` outside a launcher; ``ValueError`` for values that are not a rank of the world."""
+    environ = os.environ if environ is None else environ
+    text_rank, text_world = environ.get("RANK", "0"), environ.get("WORLD_SIZE", "1")
+    try:
+        rank, world = int(text_rank), int(text_world)
+    except ValueError:
+        raise ValueError(f"RANK and WORLD_SIZE must be integers, got RANK={text_rank!r} WORLD_SIZE={text_world!r}"
+                         ) from None
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"RANK must be in [0, WORLD_SIZE), got RANK={rank} WORLD_SIZE={world}")
+    return rank, world
+
+
+def check_launched(data_parallel: int, world: int, backend: str) -> None:
+    """``ValueError`` saying how to launch when a run asks for ``data_parallel`` ranks but has ``world``."""
+    if world == data_parallel:
+        return
+    how = {"torch": f"torchrun --nproc-per-node {data_parallel} -m llmdual train --backend torch "
+                    f"--set data_parallel={data_parallel} ... (or llmdual train alone, which launches torchrun)",
+           "keras": f"build and train inside llmdual.keras_backend.distributed.scope({data_parallel}) (llmdual "
+                    f"train does this)"}[backend]
+    raise ValueError(f"TrainConfig.data_parallel is {data_parallel} but this {backend} run has {world} "
+                     f"rank(s)/replica(s); launch it as: {how}")
+
+
+def fail_if_asked(rank: int, step: int, environ: Mapping[str, str] | None = None) -> None:
+    """Exit this process at once (no clean-up) if ``LLMDUAL_FAIL_RANK``/``LLMDUAL_FAIL_STEP`` name this rank and
+    the step about to run: how tests kill a rank mid-run."""
+    environ = os.environ if environ is None else environ
+    if environ.get(FAIL_RANK) == str(rank) and environ.get(FAIL_STEP) == str(step):
+        sys.stderr.write(f"rank {rank}: stopping before step {step} ({FAIL_RANK} test hook)\n")
+        sys.stderr.flush()
+        os._exit(FAIL_EXIT_CODE)
+
+
+def threads_per_worker(threads: int, world: int) -> int:
+    """CPU threads each of ``world`` workers gets so that together they use ``threads`` (at least 1 each)."""
+    return max(1, threads // world)
+
+
+def engine_env(engine: str, world: int, threads: int | None = None) -> dict[str, str]:
+    """Environment variables a fresh process needs to run ``engine`` with ``world`` replicas on CPU: the Keras
+    backend, JAX's virtual host devices (read only when JAX starts), and ``threads`` per worker."""
+    if engine not in ENGINES:
+        raise ValueError(f"unknown data-parallel engine {engine!r}; choose from {sorted(ENGINES)}")
+    _, keras_backend, _ = ENGINES[engine]
+    env = {"TF_CPP_MIN_LOG_LEVEL": "3"}
+    if keras_backend:
+        env["KERAS_BACKEND"] = keras_backend
+    if keras_backend == "jax":
+        flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ.get("XLA_FLAGS", "")).strip()
+        env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={world}".strip()
+    if threads is not None:
+        per = str(threads_per_worker(threads, world) if engine == "torch-ddp" else threads)
+        env.update(OMP_NUM_THREADS=per, MKL_NUM_THREADS=per)
+    return env
+
+
+def launch_command(engine: str, world: int, module_args: Sequence[str]) -> list[str]:
+    """The command running ``python -m <module_args>`` as ``world`` ranks of ``engine``: torchrun's launcher
+    (``torch.distributed.run``, one process per rank) for PyTorch, one process for Keras (its replicas are
+    devices of that process)."""
+    if engine == "torch-ddp" and world > 1:
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(world), "--standalone",
+                "--tee", "3", "-m", *module_args]  # --tee: each rank's lines prefixed [default<rank>]:
+    return [sys.executable, "-m", *module_args]
+
+
+def failed_rank(output: str) -> int | None:
+    """The rank torchrun reports as the first failure in its error summary (``rank : N``), or None."""
+    found = re.search(r"Root Cause.*?rank\s*:\s*(\d+)", output, re.S) or re.search(r"rank\s*:\s*(\d+)", output)
+    return int(found.group(1)) if found else None
+
+
+def launch_error(engine: str, world: int, returncode: int, output: str, command: Sequence[str]) -> RuntimeError:
+    """The error a failed data-parallel launch raises: the failing rank (from torchrun's summary) and the tail of
+    its output."""
+    rank = failed_rank(output) if engine == "torch-ddp" and world > 1 else None
+    who = f"rank {rank} of {world}" if rank is not None else f"the {engine} run ({world} replica(s))"
+    lines = output.strip().splitlines()
+    own = [line for line in lines if line.startswith(f"[default{rank}]:")][-10:]  # the failed rank's last lines
+    tail = "\n".join(own + lines[-15:])
+    return RuntimeError(f"data-parallel training failed: {who} exited with an error (exit status {returncode}); "
+                        f"command: {shlex.join(command)}\n{tail}")
+
+
+
+def run_launched(engine: str, world: int, module_args: Sequence[str], threads: int | None = None,
+                 environ: Mapping[str, str] | None = None, timeout: float | None = None) -> str:
+    """Run ``python -m <module_args>`` as ``world`` ranks of ``engine`` in fresh processes (``launch_command``,
+    ``engine_env``); their output, or ``RuntimeError`` naming the rank that failed (``launch_error``)."""
+    command = launch_command(engine, world, module_args)
+    env = {**os.environ, **engine_env(engine, world, threads), **(environ or {})}
+    done = subprocess.run(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=timeout)
+    if done.returncode != 0:
+        raise launch_error(engine, world, done.returncode, done.stdout, command)
+    return done.stdout

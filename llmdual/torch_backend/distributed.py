@@ -1,0 +1,81 @@
+"""PyTorch data parallelism on its own engine: ``torch.distributed`` with ``DistributedDataParallel``, one process
+per rank as ``torchrun`` launches them (gloo on CPU, nccl with one GPU per rank). Mirrors
+``llmdual/keras_backend/distributed.py``; the shard plan is ``llmdual.distributed``'s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from llmdual.distributed import check_launched
+from llmdual.distributed import rank_and_world as launcher_rank_and_world
+from llmdual.recipe import TrainConfig
+
+
+@contextlib.contextmanager
+def scope(data_parallel: int) -> Iterator[None]:
+    """Join the process group torchrun's environment describes (gloo on CPU, nccl on CUDA; one GPU per local
+    rank) for a ``data_parallel``-rank run, and leave it afterwards; nothing to do for one rank or when the
+    caller has joined already."""
+    if data_parallel == 1 or dist.is_initialized():
+        yield
+        return
+    _, world = launcher_rank_and_world()
+    check_launched(data_parallel, world, "torch")
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if cuda else "gloo")
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def rank_and_world(cfg: TrainConfig) -> tuple[int, int]:
+    """This process's ``(rank, ranks)`` for ``cfg.data_parallel``; ``ValueError`` naming how to launch if the
+    process group does not have that many ranks."""
+    if cfg.data_parallel == 1:
+        return 0, 1
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    check_launched(cfg.data_parallel, world, "torch")
+    return dist.get_rank(), world
+
+
+def wrap(model: nn.Module, world: int) -> nn.Module:
+    """The module a training step runs: ``DistributedDataParallel`` over the model (moved to this rank's GPU on
+    CUDA), which averages gradients over ranks during backward; the model itself for one rank."""
+    if world == 1:
+        return model
+    if torch.cuda.is_available():
+        device = torch.device("cuda", torch.cuda.current_device())
+        return DistributedDataParallel(model.to(device), device_ids=[device.index])
+    return DistributedDataParallel(model)
+
+
+def blocks(cfg: TrainConfig) -> int:
+    """Into how many contiguous blocks of rows the engine splits a batch fed to this process: 1, as each rank's
+    process is fed its own shard."""
+    return 1
+
+
+def global_loss(total: torch.Tensor, world: int) -> torch.Tensor:
+    """The step's loss from each rank's share: every rank weights its loss by ``world`` (DDP averages gradients,
+    so they sum to the single-device gradient), so the mean over ranks is the single-device loss."""
+    return reduce_sum([total])[0] / world if world > 1 else total
+
+
+def reduce_sum(values: list) -> list:
+    """``values`` (tensors) summed over the ranks of the process group (in place), as DDP does to gradients
+    before it averages them; unchanged outside one."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        for value in values:
+            dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    return values

@@ -1,0 +1,122 @@
+"""Data-parallel training: the shard plan, rank-0-only run states, a killed rank, and each engine's 2-way run
+against one device, across frameworks, with accumulation and resumed across degree and backend (short runs)."""
+
+import numpy as np
+import pytest
+
+from llmdual import distributed
+from llmdual.config import Config
+from llmdual.parity import checks_for
+from llmdual.parity import data_parallel as dp
+from llmdual.parity.core import ParityContext
+from llmdual.recipe import History, TrainConfig
+from llmdual.training import Monitor, latest_run_state, run_state_prefix
+
+STEPS = 4  # short runs: each engine's trajectory differs from one device only by summation order at any length
+
+
+@pytest.mark.parametrize("batch, accum, world", [(8, 1, 2), (8, 2, 2), (12, 3, 2), (16, 2, 4), (6, 1, 3)])
+def test_union_of_the_shards_is_the_batch_in_order(batch, accum, world):
+    ids = np.arange(batch * 3).reshape(batch, 3)
+    targets = np.arange(batch).reshape(batch, 1)
+    shards = [distributed.shard((ids, targets), r, world, accum) for r in range(world)]
+    rows = batch // accum
+    for i in range(accum):  # micro-batch i: rank 0's rows, then rank 1's, ... are exactly rows of micro-batch i
+        part = np.concatenate([s[0].reshape(accum, rows // world, 3)[i] for s in shards])
+        np.testing.assert_array_equal(part, ids[i * rows:(i + 1) * rows])
+    laid_out = distributed.rank_major((ids,), world, accum)[0]
+    np.testing.assert_array_equal(laid_out, np.concatenate([s[0] for s in shards]))
+    weights = distributed.shard_weights(targets, world, accum)
+    assert weights.shape == (world, accum)
+    np.testing.assert_allclose(weights, 1 / (world * accum), rtol=1e-6)  # equal counts: equal shares
+
+
+def test_shard_weights_follow_the_counted_targets():
+    targets = np.array([[1, -100], [1, 1], [-100, -100], [1, 1]])
+    weights = distributed.shard_weights(targets.reshape(4, 2), 2, 1)
+    np.testing.assert_allclose(weights, [[3 / 5], [2 / 5]], rtol=1e-6)
+    with pytest.raises(ValueError, match="rank 1's shard of micro-batch 0 has no counted target"):
+        distributed.shard_weights(np.array([[1], [1], [-100], [-100]]), 2, 1)
+
+
+def test_bad_degrees_are_refused():
+    with pytest.raises(ValueError, match="data_parallel must be an integer >= 1"):
+        TrainConfig(data_parallel=0)
+    with pytest.raises(ValueError, match=r"divisible by grad_accum x data_parallel \(2 x 3\)"):
+        TrainConfig(batch_size=8, grad_accum=2, data_parallel=3)
+    with pytest.raises(ValueError, match="rank must be in"):
+        distributed.shard((np.zeros((4, 2)),), 2, 2, 1)
+    with pytest.raises(ValueError, match="RANK must be in"):
+        distributed.rank_and_world({"RANK": "2", "WORLD_SIZE": "2"})
+    with pytest.raises(ValueError, match="launch it as: torchrun --nproc-per-node 2"):
+        distributed.check_launched(2, 1, "torch")
+    assert distributed.rank_and_world({}) == (0, 1)
+
+
+def test_torchrun_failure_names_the_rank():
+    summary = "Root Cause (first observed failure):\n[0]:\n  time : 2026\n  host : h\n  rank : 1 (local_rank: 1)\n"
+    assert distributed.failed_rank(summary) == 1
+    error = distributed.launch_error("torch-ddp", 2, 1, summary, ["python"])
+    assert "rank 1 of 2" in str(error)
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_only_rank_0_writes_run_states(tmp_path, tiny, rank):
+    import llmdual
+    from llmdual.torch_backend.train import make_optimizer, moments
+
+    model = llmdual.build(tiny, "torch")
+    cfg = TrainConfig(steps=1, batch_size=2, checkpoint_dir=str(tmp_path), progress=False)
+    optimizer, history = make_optimizer(model, cfg), History("torch")
+    Monitor(model, cfg, [], history, 0, lambda: moments(optimizer, model), rank=rank).step_end(0, 1.0, 1e-3, 1.0, 8)
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert written == (["step-000001.json", "step-000001.optim.safetensors", "step-000001.safetensors"]
+                       if rank == 0 else [])
+    assert history.loss == [1.0]  # every rank records its history
+
+
+@pytest.fixture(scope="module")
+def parity():
+    """The data-parallel parity checks over ``STEPS`` steps, sharing their runs; and the runs' folder."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(dp, "STEPS", STEPS)
+        ctx = ParityContext(Config.preset("tiny"), "lm", 0)
+        checks = [c for check in checks_for(["data-parallel"]) for c in check(ctx)]
+        yield checks, dp.runs(ctx)
+
+
+def test_every_engine_matches_one_device_and_the_others(parity):
+    checks, _ = parity
+    failed = [(c.name, c.max_rel, c.tolerance) for c in checks if not c.passed]
+    assert not failed, failed
+    names = " | ".join(c.name for c in checks)
+    for engine in distributed.ENGINES:
+        assert f"{engine} 2-way vs 1 device: per-step loss ({STEPS} steps)" in names
+        assert f"{engine} 2 ranks x 2 micro-batches vs 1 x 4 rows" in names
+    assert "torch-ddp vs keras-jax, 2-way" in names and "torch-ddp vs keras-tf, 2-way" in names
+    # resumed across degree (2 -> 1, 1 -> 2) and across backend (torch 2-way -> keras, keras 2-way -> torch)
+    for writer, reader in dp.RESUMES:
+        assert f"resume at {STEPS // 2}: {writer[0]} x{writer[1]} -> {reader[0]} x{reader[1]}" in names
+    losses = [c for c in checks if "per-step loss" in c.name]
+    assert len(losses) == 3 + 2 + 3 + 4 and all(c.tolerance == 1e-5 for c in losses)
+
+
+def test_a_2_way_run_leaves_complete_run_states_only(parity):
+    _, runs = parity
+    folder = runs.checkpoints("torch-ddp", 2)
+    names = sorted(p.name for p in folder.iterdir())
+    expected = sorted(f"step-{s:06d}{x}" for s in (STEPS // 2, STEPS)
+                      for x in (".json", ".optim.safetensors", ".safetensors"))
+    assert names == expected  # no temporary files, one copy of each
+
+
+def test_a_killed_rank_fails_the_run_naming_it(parity, tmp_path):
+    _, runs = parity
+    args = ["--engine", "torch-ddp", "--world", "2", "--out", str(tmp_path / "out.npz"), "--steps", str(STEPS),
+            "--config", Config.preset("tiny").to_json(), "--checkpoint-dir", str(tmp_path / "ckpt")]
+    stop = STEPS // 2 + 1  # after the middle run state, before the last
+    with pytest.raises(RuntimeError, match="rank 1 of 2 exited with an error") as failure:
+        dp.launch("torch-ddp", 2, args, {distributed.FAIL_RANK: "1", distributed.FAIL_STEP: str(stop)})
+    assert f"rank 1: stopping before step {stop}" in str(failure.value)
+    assert latest_run_state(tmp_path / "ckpt") == run_state_prefix(tmp_path / "ckpt", STEPS // 2)
+    assert not (tmp_path / "out.npz").exists()

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from llmdual.recipe import Batch
+from llmdual.recipe import Batch, shard_problem
 
 # The engines: (backend, Keras backend or None, what runs the ranks)
 ENGINES: dict[str, tuple[str, str | None, str]] = {
@@ -41,10 +41,9 @@ def check_world(batch_size: int, grad_accum: int, world: int) -> int:
     """``world`` if every micro-batch of ``batch_size // grad_accum`` rows splits into ``world`` equal shards."""
     if isinstance(world, bool) or not isinstance(world, int) or world < 1:
         raise ValueError(f"data_parallel must be an integer >= 1, got {world!r}")
-    if batch_size % (grad_accum * world):
-        raise ValueError(f"batch_size ({batch_size}) must be divisible by grad_accum x data_parallel "
-                         f"({grad_accum} x {world} = {grad_accum * world}): each rank takes an equal share of "
-                         f"every micro-batch")
+    problem = shard_problem(batch_size, grad_accum, world)
+    if problem:
+        raise ValueError(problem)
     return world
 
 
@@ -121,6 +120,11 @@ def fail_if_asked(rank: int, step: int, environ: Mapping[str, str] | None = None
         os._exit(FAIL_EXIT_CODE)
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one), at least 1."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def threads_per_worker(threads: int, world: int) -> int:
     """CPU threads each of ``world`` workers gets so that together they use ``threads`` (at least 1 each)."""
     return max(1, threads // world)
@@ -170,7 +174,6 @@ def launch_error(engine: str, world: int, returncode: int, output: str, command:
     tail = "\n".join(own + lines[-15:])
     return RuntimeError(f"data-parallel training failed: {who} exited with an error (exit status {returncode}); "
                         f"command: {shlex.join(command)}\n{tail}")
-
 
 
 def run_launched(engine: str, world: int, module_args: Sequence[str], threads: int | None = None,

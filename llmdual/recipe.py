@@ -75,10 +75,8 @@ class TrainConfig:
                 problems.append(f"{name} must be in [0, 1), got {value!r}")
         if not problems and self.batch_size % self.grad_accum:
             problems.append(f"batch_size ({self.batch_size}) must be divisible by grad_accum ({self.grad_accum})")
-        if not problems and self.batch_size % (self.grad_accum * self.data_parallel):
-            problems.append(f"batch_size ({self.batch_size}) must be divisible by grad_accum x data_parallel "
-                            f"({self.grad_accum} x {self.data_parallel}): each rank takes an equal share of every "
-                            f"micro-batch")
+        if not problems and shard_problem(self.batch_size, self.grad_accum, self.data_parallel):
+            problems.append(shard_problem(self.batch_size, self.grad_accum, self.data_parallel))
         if not problems and self.min_lr > self.lr:
             problems.append(f"min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
         if self.precision not in PRECISIONS:
@@ -141,3 +139,11 @@ def check_batch(batch: Batch, task: str, cfg: TrainConfig, config: Config | None
     check_training_batch(ids, targets, task, config, mask[0] if mask else None, cfg.grad_accum)
     return tuple(a.astype(np.int64) for a in batch)
 
+
+def shard_problem(batch_size: int, grad_accum: int, data_parallel: int) -> str | None:
+    """Why ``batch_size`` rows cannot split into ``grad_accum`` micro-batches of ``data_parallel`` equal shards each
+    (every rank takes an equal share of every micro-batch), or None when they can."""
+    if batch_size % (grad_accum * data_parallel):
+        return (f"batch_size ({batch_size}) must be divisible by grad_accum x data_parallel ({grad_accum} x "
+                f"{data_parallel}): each rank takes an equal share of every micro-batch")
+    return None

@@ -4,7 +4,6 @@ charts and a table per workload. ``benchmarks/compare.py`` and ``benchmarks/perf
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ from llmdual.bench.engines import ENGINES, LLMDUAL_ENGINES, not_applicable, skip
 from llmdual.bench.results import WORKLOADS, Record, append_jsonl, build_document, write_json
 from llmdual.bench.runner import CaseSpec
 from llmdual.config import PRESETS, Config
+from llmdual.distributed import usable_cores
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 DEVICES = ("auto", "cpu", "cuda")
@@ -171,8 +171,7 @@ def run(options: Options, log: Callable[[str], None] = print,
     if options.charts:
         charts.require()  # asked for charts without matplotlib: say so before anything runs
     device = resolve_device(options.device)
-    threads = options.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                                  else os.cpu_count() or 1)
+    threads = options.threads or usable_cores()
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
     jsonl = out / "runs.jsonl"

@@ -9,7 +9,6 @@ Keras run's replicas are devices of one process sharing its ``threads``-thread p
 from __future__ import annotations
 
 import json
-import os
 import re
 import tempfile
 from collections.abc import Callable
@@ -19,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from llmdual.config import Config
-from llmdual.distributed import ENGINES, engine_env
+from llmdual.distributed import ENGINES, engine_env, usable_cores
 from llmdual.parity import data_parallel as dp
 from llmdual.parity.core import ParityContext
 from llmdual.parity.training import compare_runs
@@ -47,7 +46,7 @@ def run(world: int, preset: str = "small", batch: int = 8, seq_len: int = 256, s
         raise ValueError(f"--data-parallel must be at least 2 (workers to compare with 1), got {world}")
     if batch % world:
         raise ValueError(f"the batch ({batch}) must divide into {world} equal shards")
-    threads = threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    threads = threads or usable_cores()
     config = Config.preset(preset)
     rows = []
     with tempfile.TemporaryDirectory(prefix="llmdual-scaling-") as tmp:

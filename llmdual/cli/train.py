@@ -57,20 +57,15 @@ def launch(args: argparse.Namespace, resolved: dict[str, Any]) -> int:
     ranks under torchrun's launcher (the resolved settings passed on as its ``--config``)."""
     import tempfile
 
-    from llmdual.distributed import run_launched
+    from llmdual.distributed import run_launched, usable_cores
 
     world = resolved["train"]["data_parallel"]
     with tempfile.TemporaryDirectory(prefix="llmdual-train-") as tmp:
         settings = Path(tmp) / "settings.json"
         settings.write_text(json.dumps(resolved))
         print(run_launched("torch-ddp", world, ["llmdual.cli", "train", "--backend", "torch", "--config", str(settings),
-                                                "--out", str(args.out.resolve())], threads=_threads()), end="")
+                                                "--out", str(args.out.resolve())], threads=usable_cores()), end="")
     return 0
-
-
-def _threads() -> int:
-    """Usable CPU cores (each of the launched ranks gets its share)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def run(args: argparse.Namespace) -> int:

@@ -30,12 +30,7 @@ def quantize(model: nn.Module, scheme: str) -> None:
             logging.getLogger(name).setLevel(level)
     # set_inductor_config would change torch.compile's global settings for every other model of the process
     quantize_(model, Int8DynamicActivationInt8WeightConfig(set_inductor_config=False))
-    # The decoding step stays eager (``decode.compiled`` finds it made): torch.compile of torchao's int8 linear at a
-    # (1, 1, in) input, batch 1's one-token step, gives wrong values on the CPU with torch 2.13 (off by ~3e4 where
-    # eager is right; every other shape matches). A step compiled before quantizing would also hold float weights.
-    if model.task == "lm":
-        object.__setattr__(model, "_static_step", model.forward_static)
-    model.quantized = scheme
+    model.quantized = scheme  # its decoding step then stays eager (``decode.compiled``)
 
 
 def weight_bytes(model: nn.Module) -> int:

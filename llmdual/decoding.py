@@ -1,6 +1,7 @@
 """The decoding protocol every engine implements: ``Decoder`` (prefill, then one step per token); its two
-bases, ``StaticDecoder`` (the native backends: a pre-allocated KV cache written in place) and ``StepDecoder``
-(a cache grown by concatenation, as the ONNX export's graph takes it); and the left-padding position rule."""
+bases, ``StaticDecoder`` (the native backends: a pre-allocated KV cache written in place, and a whole greedy
+generation in one call) and ``StepDecoder`` (a cache grown by concatenation, as the ONNX export's graph takes
+it); ``greedy``, the one greedy rule every engine meets; and the left-padding position rule."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from llmdual.config import Config
+from llmdual.sampling import sample_next
 from llmdual.validate import check_inputs
 
 MIN_CACHE = 16  # the smallest static cache: shorter generations share its compiled step
@@ -35,6 +37,47 @@ class Decoder(Protocol):
     def step(self, next_ids: np.ndarray, attention_mask: np.ndarray, state: object) -> tuple[np.ndarray, object]:
         """One new token per row [B, 1] and the mask [B, T_so_far] -> logits [B, V] and the new state."""
         ...
+
+
+@runtime_checkable
+class GreedyDecoder(Decoder, Protocol):
+    """A ``Decoder`` that also runs a whole greedy generation in one call, without a numpy round trip per token."""
+
+    def greedy(self, input_ids: np.ndarray, attention_mask: np.ndarray, new_tokens: int,
+               eot_id: int | None = None) -> np.ndarray:
+        """The tokens ``sample_steps`` gives for the same arguments, int64 [B, new_tokens]."""
+        ...
+
+
+def greedy(decoder: Decoder, input_ids: np.ndarray, attention_mask: np.ndarray, new_tokens: int,
+           eot_id: int | None = None) -> np.ndarray:
+    """Greedy tokens [B, new_tokens] after left-padded prompts: in one call where the decoder has a loop of its
+    own (``GreedyDecoder``), else prefill and steps (``sample_steps`` at temperature 0)."""
+    if isinstance(decoder, GreedyDecoder):
+        return decoder.greedy(input_ids, attention_mask, new_tokens, eot_id)
+    return sample_steps(decoder, input_ids, attention_mask, new_tokens, eot_id)
+
+
+def sample_steps(decoder: Decoder, input_ids: np.ndarray, attention_mask: np.ndarray, new_tokens: int,
+                 eot_id: int | None = None, temperature: float = 0.0, top_k: int | None = None,
+                 top_p: float | None = None, seed: int = 0) -> np.ndarray:
+    """Tokens int64 [B, new_tokens] by the shared numpy sampler (``sample_next``, its generator seeded by
+    ``seed``; temperature 0: argmax, lowest id on ties), one ``step`` per token; once every row has produced
+    ``eot_id`` the rest stays 0. At temperature 0 this is the rule every on-device greedy loop reproduces."""
+    B = len(input_ids)
+    rng = np.random.default_rng(seed)
+    tokens = np.zeros((B, new_tokens), dtype=np.int64)
+    done = np.zeros(B, dtype=bool)
+    logits, state = decoder.prefill(input_ids, attention_mask, input_ids.shape[1] + new_tokens - 1)
+    for t in range(new_tokens):
+        tokens[:, t] = sample_next(logits, temperature, top_k, top_p, rng)
+        if eot_id is not None:
+            done |= tokens[:, t] == eot_id
+        if done.all() or t == new_tokens - 1:
+            break
+        attention_mask = np.concatenate([attention_mask, np.ones((B, 1), dtype=attention_mask.dtype)], axis=1)
+        logits, state = decoder.step(tokens[:, t : t + 1], attention_mask, state)
+    return tokens
 
 
 class StepDecoder(ABC):
@@ -101,6 +144,25 @@ class StaticDecoder(ABC):
                                       positions(attention_mask, 1), cache, start)
         return logits, CacheState(ids, cache)
 
+    def greedy(self, input_ids: np.ndarray, attention_mask: np.ndarray, new_tokens: int,
+               eot_id: int | None = None) -> np.ndarray:
+        """``sample_steps``' tokens [B, new_tokens] with the prefill and every step run by the backend's own loop
+        over one static cache (validated once here: later ids are argmaxes, later positions follow the last);
+        without ``use_cache``, ``sample_steps`` itself."""
+        B, T = input_ids.shape
+        if isinstance(new_tokens, bool) or not isinstance(new_tokens, (int, np.integer)) or new_tokens < 1:
+            raise ValueError(f"new_tokens must be an integer >= 1, got {new_tokens!r}")
+        if T + new_tokens - 1 > self.max_seq_len:
+            raise ValueError(f"prompt of {T} tokens + {new_tokens} new tokens needs {T + new_tokens - 1} positions "
+                             f"> max_seq_len {self.max_seq_len}")
+        if not self.use_cache:
+            return sample_steps(self, input_ids, attention_mask, new_tokens, eot_id)
+        check_inputs(input_ids, self.config, attention_mask, 0, padded_positions(attention_mask, T))
+        length = cache_length(T + new_tokens - 1, self.max_seq_len)
+        tokens = self._greedy(input_ids, slot_mask(attention_mask, length), positions(attention_mask, T),
+                              self._allocate(B, length), int(new_tokens), -1 if eot_id is None else int(eot_id))
+        return tokens[:, :new_tokens]
+
     def _fill(self, ids: np.ndarray, mask: np.ndarray, needed: int) -> tuple[np.ndarray, CacheState]:
         """Run ``ids`` from position 0 into a new cache of ``cache_length(needed)`` slots."""
         B, T = ids.shape
@@ -126,6 +188,13 @@ class StaticDecoder(ABC):
                  start: int) -> tuple[np.ndarray, Any]:
         """Run ``ids`` [B, T] written at slots ``start``.. of ``cache`` with the slot mask [B, L] and position ids
         [B, T]; the last position's float32 logits [B, V] and the updated cache."""
+
+    @abstractmethod
+    def _greedy(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, cache: Any, count: int,
+                eot: int) -> np.ndarray:
+        """Prefill ``ids`` [B, T] into the empty ``cache`` (slot mask [B, L], positions [B, T]), then feed each
+        argmax back (slot T - 1 + t, position last + t) until ``count`` tokens or every row has made ``eot``
+        (-1: none): int64 [B, >= count] tokens, zeros after the stop."""
 
 
 def cache_length(needed: int, max_seq_len: int) -> int:

@@ -3,6 +3,8 @@
 ``generate`` owns everything backend-neutral (prompt handling, left padding, sampling with the shared
 ``llmdual.sampling.sample_next`` and a seeded numpy generator, stopping at end-of-text), so greedy and seeded
 sampling give the same tokens whichever backend, or any other engine implementing ``Decoder``, runs the model.
+Greedy generation goes to the engine's own loop where it has one (``llmdual.decoding.greedy``), held to the
+same argmax.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from llmdual.contract import backend_of
-from llmdual.decoding import Decoder
-from llmdual.sampling import sample_next
+from llmdual.decoding import Decoder, greedy, sample_steps
+from llmdual.sampling import check_args
 
 
 def decoder_for(target: Any, use_cache: bool = True) -> Decoder:
@@ -108,22 +110,16 @@ def generate(
                          f"{ids.shape[1] + max_new_tokens - 1} positions > max_seq_len {decoder.max_seq_len}")
     if eot_id is None and tokenizer is not None:
         eot_id = tokenizer.eot_id
-    stop = stop_at_eot and eot_id is not None
-    rng = np.random.default_rng(seed)
-    out = np.zeros((len(rows), max_new_tokens), dtype=np.int64)
-    lengths = np.full(len(rows), max_new_tokens)
-    done = np.zeros(len(rows), dtype=bool)
-    logits, state = decoder.prefill(ids, mask, ids.shape[1] + max_new_tokens - 1)
-    for t in range(max_new_tokens):
-        out[:, t] = sample_next(logits, temperature, top_k, top_p, rng)
-        if stop:
-            ended = ~done & (out[:, t] == eot_id)
-            lengths[ended], done = t, done | ended
-        if done.all() or t == max_new_tokens - 1:
-            break
-        mask = np.concatenate([mask, np.ones((len(rows), 1), dtype=np.int64)], axis=1)
-        logits, state = decoder.step(out[:, t : t + 1], mask, state)
+    check_args(temperature, top_k, top_p)
+    stop_id = eot_id if stop_at_eot else None
+    if temperature:
+        out = sample_steps(decoder, ids, mask, max_new_tokens, stop_id, temperature, top_k, top_p, seed)
+    else:  # the shared sampler's argmax, in one call where the engine loops on its own
+        out = greedy(decoder, ids, mask, max_new_tokens, stop_id)
+    ended = out == stop_id if stop_id is not None else np.zeros_like(out, dtype=bool)
+    lengths = np.where(ended.any(axis=1), ended.argmax(axis=1), max_new_tokens)
     results = [out[i, : lengths[i]] for i in range(len(rows))]
     if text:
         results = [tokenizer.decode(r) for r in results]
     return results[0] if single else results
+

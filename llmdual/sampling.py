@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def _check_args(temperature: float | None, top_k: int | None, top_p: float | None) -> None:
+def check_args(temperature: float | None, top_k: int | None, top_p: float | None) -> None:
     """Raise ``ValueError`` naming the argument that is out of range and what is allowed."""
     if temperature is not None and (
         isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0
@@ -35,7 +35,7 @@ def sample_next(
     and one token per row is drawn from the renormalized rest. ``rng`` is a Generator or an int seed; the same
     seed and logits give the same tokens. ``-inf`` logits mark forbidden tokens.
     """
-    _check_args(temperature, top_k, top_p)
+    check_args(temperature, top_k, top_p)
     z = np.asarray(logits)
     real = np.issubdtype(z.dtype, np.floating) or (np.issubdtype(z.dtype, np.integer) and z.dtype != np.bool_)
     if z.ndim != 2 or z.shape[1] == 0 or not real:

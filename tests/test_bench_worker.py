@@ -33,6 +33,10 @@ def test_check_accepts_the_expected_outputs_and_names_what_differs():
     _, reason = expected.check("generate", tokens, want, 1e-4)
     assert "greedy tokens" in reason and "new token 2" in reason
     assert expected.check("generate", tokens, want, 1e-4, tokens_exact=False) == (0.0, None)
+    looped = {"b1.looped.tokens": np.array([[1, 2, 3]])}  # the engine's own greedy loop: held to b1.tokens
+    assert expected.check("generate", looped, want, 1e-4) == (0.0, None)
+    _, reason = expected.check("generate", {"b1.looped.tokens": np.array([[1, 5, 3]])}, want, 1e-4)
+    assert "b1.looped.tokens" in reason and "new token 1" in reason
 
 
 def test_tolerances_follow_the_precision():

@@ -12,7 +12,7 @@ import pytest
 
 import llmdual
 from llmdual.contract import backend as backend_package
-from llmdual.decoding import cache_length
+from llmdual.decoding import cache_length, sample_steps
 from llmdual.generate import left_pad
 from llmdual.sampling import sample_next
 
@@ -57,6 +57,31 @@ def test_greedy_and_sampled_tokens_equal_full_forward_passes(models, expected, e
     """Ragged, left-padded prompts; ``generate`` sizes the cache for all 25 positions up front (32 slots)."""
     np.testing.assert_array_equal(generated(models[engine[0]], engine, PROMPTS, 20), expected["greedy"])
     np.testing.assert_array_equal(generated(models[engine[0]], engine, PROMPTS, 20, **SAMPLING), expected["sampled"])
+
+
+@pytest.mark.parametrize("engine", ENGINES, ids=lambda e: f"{e[0]}-{'compiled' if e[1] else 'plain'}")
+def test_the_greedy_loop_gives_the_tokens_of_one_step_at_a_time(models, engine):
+    """The engine's own greedy loop (``Decoder.greedy``, what ``generate`` runs at temperature 0) against the
+    numpy sampler fed one step at a time, on ragged rows; with an end-of-text id, both stop once every row made
+    it and leave zeros after (the id is one the middle row makes at its 4th token, the others later or never)."""
+    decoder = backend_package(engine[0]).decoder(models[engine[0]], True, engine[1])
+    ids, mask = left_pad(PROMPTS, 0)
+    steps = sample_steps(decoder, ids, mask, 20)
+    np.testing.assert_array_equal(decoder.greedy(ids, mask, 20), steps)
+    eot = int(steps[1, 3])
+    stopped = sample_steps(decoder, ids, mask, 20, eot)
+    np.testing.assert_array_equal(decoder.greedy(ids, mask, 20, eot), stopped)
+    assert (stopped == eot).any(axis=1).all() or (stopped[:, -1] != 0).any()  # a stop, or the full length
+
+
+@pytest.mark.parametrize("backend", ["torch", "keras"])
+@pytest.mark.parametrize("new_tokens, message", [(0, "new_tokens must be an integer >= 1"),
+                                                 (True, "new_tokens must be an integer >= 1"),
+                                                 (60, "positions > max_seq_len 64")])
+def test_the_greedy_loop_refuses_bad_lengths(models, backend, new_tokens, message):
+    ids, mask = left_pad(PROMPTS, 0)
+    with pytest.raises(ValueError, match=message):
+        backend_package(backend).decoder(models[backend]).greedy(ids, mask, new_tokens)
 
 
 @pytest.mark.parametrize("backend", ["torch", "keras"])
@@ -129,19 +154,26 @@ def test_cache_lengths_are_buckets_within_the_context():
 
 
 def test_the_compiled_steps_are_compiled_once(models):
-    """TensorFlow with XLA traces one prefill and one step graph; torch.compile builds one step graph."""
+    """TensorFlow with XLA traces the step graph and the greedy loop once per shape; torch.compile builds one step
+    graph for generations of different lengths within a cache bucket (a token's strides must not leak into its
+    guards), sampled step by step or looped greedily."""
     import torch._dynamo.utils
 
     from llmdual.keras_backend.decode import compiled
 
+    generated(models["keras"], ("keras", True), [[1, 2, 3]], 12, **SAMPLING)
     generated(models["keras"], ("keras", True), [[1, 2, 3]], 12)
-    step = compiled(models["keras"], True)
-    before = step.experimental_get_tracing_count()
+    step, loop = compiled(models["keras"], True), models["keras"]._greedy_loop_tensorflow_xla
+    before = step.experimental_get_tracing_count(), loop.experimental_get_tracing_count()
+    generated(models["keras"], ("keras", True), [[4, 5, 6]], 12, **SAMPLING)
     generated(models["keras"], ("keras", True), [[4, 5, 6]], 12)
-    assert step.experimental_get_tracing_count() == before  # the same shapes: no new trace
+    after = step.experimental_get_tracing_count(), loop.experimental_get_tracing_count()
+    assert after == before and min(before) >= 1  # the same shapes: no new trace
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
-    generated(models["torch"], ("torch", True), [[1, 2, 3]], 12)
+    for n in (12, 9):
+        generated(models["torch"], ("torch", True), [[1, 2, 3]], n)
+        generated(models["torch"], ("torch", True), [[1, 2, 3]], n, **SAMPLING)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
 
 
@@ -150,12 +182,15 @@ import json, sys
 import numpy as np
 import keras, llmdual
 from llmdual.contract import backend
+from llmdual.decoding import sample_steps
+from llmdual.generate import left_pad
 prompts, sampling = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 model = llmdual.build(llmdual.Config.preset("tiny"), "keras", seed=3)
 run = lambda **kw: np.stack(llmdual.generate(backend("keras").decoder(model), prompts, 20, stop_at_eot=False, **kw))
 nocache = np.stack(llmdual.generate(model, prompts, 20, stop_at_eot=False, use_cache=False))
+steps = sample_steps(backend("keras").decoder(model), *left_pad(prompts, 0), 20)
 json.dump({"backend": keras.backend.backend(), "greedy": run().tolist(), "sampled": run(**sampling).tolist(),
-           "nocache": nocache.tolist()}, sys.stdout)
+           "nocache": nocache.tolist(), "steps": steps.tolist()}, sys.stdout)
 """
 
 
@@ -169,4 +204,5 @@ def test_keras_on_jax_and_torch_gives_the_same_tokens(expected, keras_backend):
     assert result["backend"] == keras_backend
     np.testing.assert_array_equal(result["greedy"], expected["greedy"])
     np.testing.assert_array_equal(result["nocache"], expected["greedy"])
+    np.testing.assert_array_equal(result["steps"], expected["greedy"])  # generate's greedy runs the loop
     np.testing.assert_array_equal(result["sampled"], expected["sampled"])

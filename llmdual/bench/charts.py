@@ -60,7 +60,8 @@ def _legend(ax: Any, cases: list[dict[str, Any]], title: str) -> None:
     needs = sorted({ENGINES[c["engine"]].needs for c in cases if _hatch(c["engine"])})
     if needs:
         handles.append(_patch(facecolor="white", edgecolor="black", hatch=COMPILED_HATCH, label=" / ".join(needs)))
-    ax.legend(handles=handles, fontsize="small", title=title, title_fontsize="small")
+    ax.legend(handles=handles, fontsize="small", title=title, title_fontsize="small", loc="upper left",
+              bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)  # beside the axes: never over a bar
 
 
 def _draw(ax: Any, cases: list[dict[str, Any]], values: list[float], ylabel: str, title: str, legend: str,
@@ -134,8 +135,8 @@ def plot_costs(doc: dict[str, Any], out_dir: Path) -> list[Path]:
     for group in latency:
         cases = [doc["cases"][e["case"]] for e in group["entries"]]
         fig = _figure(figsize=(max(5.0, 2.0 + 1.2 * len(cases)) * 3, 4.8))
-        panels = [("token_latency_s", "p50", "per-token latency p50"), ("token_latency_s", "p99",
-                  "per-token latency p99"), ("ttft_s", "median", "time to first token")]
+        panels = [("token_latency_s", "p50", "streamed per-token latency p50"), ("token_latency_s", "p99",
+                  "streamed per-token latency p99"), ("ttft_s", "median", "time to first token")]
         for ax, (metric, stat, label) in zip(fig.subplots(1, 3), panels):
             having = [c for c in cases if metric in c["stats"]]
             _draw(ax, having, [c["stats"][metric][stat] for c in having], f"{label} (s)",

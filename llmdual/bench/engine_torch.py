@@ -31,7 +31,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 class Autocast:
-    """A ``Decoder`` whose prefill and steps run under an autocast context."""
+    """A ``GreedyDecoder`` whose prefill, steps and greedy loop run under an autocast context."""
 
     def __init__(self, decoder: Any, autocast: Callable[[], contextlib.AbstractContextManager]):
         self.decoder, self.autocast, self.max_seq_len = decoder, autocast, decoder.max_seq_len
@@ -44,6 +44,11 @@ class Autocast:
     def step(self, next_ids: np.ndarray, attention_mask: np.ndarray, state: object) -> tuple[np.ndarray, object]:
         with self.autocast():
             return self.decoder.step(next_ids, attention_mask, state)
+
+    def greedy(self, input_ids: np.ndarray, attention_mask: np.ndarray, new_tokens: int,
+               eot_id: int | None = None) -> np.ndarray:
+        with self.autocast():
+            return self.decoder.greedy(input_ids, attention_mask, new_tokens, eot_id)
 
 
 def torch_device(settings: Mapping[str, Any]) -> torch.device:

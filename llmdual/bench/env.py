@@ -131,6 +131,7 @@ def capture(threads: int | None = None, flags: Mapping[str, Any] | None = None) 
         "cpu_usable": usable,
         "cpu_bf16": bf16_features(),
         "threads": threads,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
         "memory_gb": memory_gb(),
         "gpus": gpus(),
         "packages": package_versions(),

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from llmdual.bench.inputs import CHECK_STEPS, PRECISION, Inputs, train_config
-from llmdual.bench.timing import greedy
+from llmdual.bench.timing import streamed
 from llmdual.config import Config
 from llmdual.io import atomic_write
 
@@ -73,7 +73,7 @@ def compute(settings: Mapping[str, Any], workloads: Sequence[str]) -> dict[str, 
                                                  inputs.mask)
     if "generate" in workloads:
         for name, prompt in inputs.prompts(settings.get("prompt_len")).items():
-            run = greedy(torch_backend.decoder(model, True), prompt, settings["new_tokens"])
+            run = streamed(torch_backend.decoder(model, True), prompt, settings["new_tokens"])
             out[f"generate.{name}.logits"], out[f"generate.{name}.tokens"] = run.first_logits, run.tokens
     if "kv" in workloads:
         for name, use_cache in (("cached", True), ("recompute", False)):
@@ -112,11 +112,13 @@ def check(workload: str, got: Mapping[str, np.ndarray], want: Mapping[str, np.nd
           tokens_exact: bool = True) -> tuple[float, str | None]:
     """The largest difference of an engine's outputs from the expected ones, and why it is refused (None if not);
     greedy tokens count only with ``tokens_exact`` at a float32 tolerance (``tokens_comparable``). ``got`` uses the
-    expected keys without the workload prefix (``logits``, ``loss``, ``b1.tokens``...)."""
+    expected keys without the workload prefix (``logits``, ``loss``, ``b1.tokens``...); a looped generation's
+    ``b1.looped.tokens`` is held to ``b1.tokens``."""
     diffs: dict[str, float] = {}
     tokens_exact = tokens_exact and tokens_comparable(tol)
     for key, value in got.items():
-        expected = want[f"{workload}.{key}"][: len(value)] if workload == "train" else want[f"{workload}.{key}"]
+        expected = want[f"{workload}.{key.replace('.looped.', '.')}"]
+        expected = expected[: len(value)] if workload == "train" else expected
         if key.endswith("tokens"):
             value = np.asarray(value)
             if tokens_exact and not (value.shape == expected.shape and np.array_equal(value, expected)):

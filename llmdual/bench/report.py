@@ -186,7 +186,8 @@ def markdown_report(doc: dict[str, Any], priority: str, charts: Sequence[Path] =
     out = ["# llmdual benchmark report", "", "## Environment", "",
            f"- When: {env.get('timestamp', '?')}; Python {env.get('python', '?')} on {env.get('platform', '?')}",
            (f"- CPU: {env.get('cpu_model', '?')}, {env.get('cpu_usable', '?')} of {env.get('cpu_count', '?')} "
-            f"cores usable, threads {env.get('threads') or 'default'}, memory {env.get('memory_gb', '?')} GB"),
+            f"cores usable, threads {env.get('threads') or 'default'}, OpenMP wait policy "
+            f"{env.get('omp_wait_policy', 'default')}, memory {env.get('memory_gb', '?')} GB"),
            f"- GPUs: {gpus}", f"- Packages: {packages or '?'}", "", "## Settings", "",
            *settings_lines(doc["settings"]), "", f"## Verdict (priority: {priority})", "",
            *verdict(doc, priority), "", "## Results", ""]

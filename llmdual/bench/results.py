@@ -41,7 +41,7 @@ METRICS: dict[str, Metric] = {
     "tokens_per_s_b1": Metric("tokens/s, batch 1", "tok/s", True),
     "tokens_per_s_batch": Metric("tokens/s, batch", "tok/s", True),
     "ttft_s": Metric("time to first token", "s", False),
-    "token_latency_s": Metric("per-token latency", "s", False),
+    "token_latency_s": Metric("streamed per-token latency", "s", False),
     "kv_cached_s": Metric("KV-cache step", "s", False),
     "kv_recompute_s": Metric("recompute step", "s", False),
     "peak_rss_mb": Metric("peak RSS", "MB", False),

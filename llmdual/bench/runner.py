@@ -63,8 +63,8 @@ def worker_env(spec: CaseSpec, base: Mapping[str, str] | None = None) -> dict[st
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, env.get("PYTHONPATH")) if p)
     env["PYTHONUNBUFFERED"] = "1"
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    # Spinning OpenMP threads collapse when the cores are shared (4x slower seen on a busy 2-core machine).
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # OpenMP's wait policy stays the library's (spinning a while): PASSIVE makes PyTorch's small ops wait on
+    # wake-ups (batch-1 decoding 3x slower on a quiet 2-core machine); set it only on a machine shared with other work
     engine = ENGINES.get(spec.engine)
     if engine is not None and engine.keras_backend:
         env["KERAS_BACKEND"] = engine.keras_backend

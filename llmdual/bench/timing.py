@@ -1,4 +1,5 @@
-"""The one timing helper: warm-up then timed calls, greedy generation with its clock readings, a matmul probe."""
+"""The one timing helper: warm-up then timed calls, greedy generation (streamed with its clock readings, or
+looped whole by the engine), a matmul probe."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from llmdual.bench.flops import matmul_flop_rate
+from llmdual.decoding import greedy
 
 PROBE_SIZE = {"cpu": 1024, "cuda": 8192}  # square matmul side: ~2 GFLOP on a CPU, ~1 TFLOP on a GPU
 
@@ -46,9 +48,10 @@ class Generation:
     total_s: float
 
 
-def greedy(decoder: Any, prompt: np.ndarray, new_tokens: int) -> Generation:
-    """Greedy decoding of ``new_tokens`` after an unpadded ``prompt`` (B, T) through an ``llmdual.decoding.Decoder``,
-    timing the prefill (to the first token) and each later step; numpy logits mean every reading follows done work."""
+def streamed(decoder: Any, prompt: np.ndarray, new_tokens: int) -> Generation:
+    """Greedy decoding of ``new_tokens`` after an unpadded ``prompt`` (B, T) through an ``llmdual.decoding.Decoder``
+    one step at a time, as a server streams tokens, timing the prefill (to the first token) and each later step;
+    numpy logits mean every reading follows done work."""
     B = len(prompt)
     mask = np.ones_like(prompt)
     tokens = np.zeros((B, new_tokens), dtype=np.int64)
@@ -65,6 +68,14 @@ def greedy(decoder: Any, prompt: np.ndarray, new_tokens: int) -> Generation:
         tokens[:, t] = logits.argmax(-1)
         steps.append(time.perf_counter() - began)
     return Generation(tokens, np.asarray(first_logits, np.float32), ttft, steps, time.perf_counter() - start)
+
+
+def looped(decoder: Any, prompt: np.ndarray, new_tokens: int) -> tuple[np.ndarray, float]:
+    """Greedy tokens (B, new_tokens) after an unpadded ``prompt`` by ``llmdual.decoding.greedy`` (the engine's own
+    loop where it has one), and the seconds they took."""
+    started = time.perf_counter()
+    tokens = greedy(decoder, prompt, np.ones_like(prompt), new_tokens)
+    return tokens, time.perf_counter() - started
 
 
 def probe(matmul: Callable[[], Any], n: int, repeats: int = 10) -> float:

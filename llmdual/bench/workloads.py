@@ -2,8 +2,9 @@
 
 A mismatch stops the case before anything is timed; the check and the warm-up together are ``warmup_s``.
 ``train``: optimizer steps -> ``tokens_per_s``; ``infer``/``classify``: no-grad forwards -> ``tokens_per_s`` /
-``sequences_per_s``; ``generate``: greedy generations at batch 1 and at the batch -> ``tokens_per_s_b1``,
-``tokens_per_s_batch``, ``ttft_s``, ``token_latency_s``; ``kv``: one step at full context, with the KV cache and
+``sequences_per_s``; ``generate``: greedy generations at batch 1 and at the batch, each run whole by the
+engine's own loop -> ``tokens_per_s_b1``, ``tokens_per_s_batch``, and streamed a step at a time at batch 1 ->
+``ttft_s``, ``token_latency_s``; ``kv``: one step at full context, with the KV cache and
 recomputing the prefix -> ``kv_cached_s``, ``kv_recompute_s``.
 """
 
@@ -21,7 +22,7 @@ from llmdual.bench.engines import ENGINES
 from llmdual.bench.env import peak_rss_mb
 from llmdual.bench.inputs import CHECK_STEPS, Inputs, train_config
 from llmdual.bench.results import Record
-from llmdual.bench.timing import greedy, reset_peak_rss, time_calls
+from llmdual.bench.timing import looped, reset_peak_rss, streamed, time_calls
 from llmdual.recipe import Batch, TrainConfig
 
 TASKS = {"train": "lm", "infer": "lm", "generate": "lm", "classify": "classifier", "kv": "lm"}
@@ -117,13 +118,15 @@ def _train(runtime: Runtime, settings: Mapping[str, Any], inputs: Inputs, want: 
 
 def _generate(runtime: Runtime, settings: Mapping[str, Any], inputs: Inputs, want: Mapping[str, np.ndarray],
               record: Record, tol: float) -> None:
-    """Check prefill logits (decoders) and greedy tokens at both batch sizes, then time generations."""
+    """Check prefill logits and greedy tokens, streamed and looped (decoders), at both batch sizes, then time
+    whole generations (throughput) and a streamed one (time to first token, per-token latency)."""
     new, prompts = settings["new_tokens"], inputs.prompts(settings.get("prompt_len"))
     started, got = time.perf_counter(), {}
     for name, prompt in prompts.items():
         if runtime.decodes:
-            run = greedy(runtime.decoder(True), prompt, new)
+            run = streamed(runtime.decoder(True), prompt, new)
             got[f"{name}.logits"], got[f"{name}.tokens"] = run.first_logits, run.tokens
+            got[f"{name}.looped.tokens"] = looped(runtime.decoder(True), prompt, new)[0]
         else:
             got[f"{name}.tokens"] = runtime.generate(prompt, new)
     exact = expected.exact_tokens(settings["dtype"], bool(settings.get("tf32")))
@@ -138,13 +141,14 @@ def _generate(runtime: Runtime, settings: Mapping[str, Any], inputs: Inputs, wan
     decoder = runtime.decoder(True)
     for _ in range(settings["warmup"]):
         for prompt in prompts.values():
-            greedy(decoder, prompt, new)
+            looped(decoder, prompt, new)
+        streamed(decoder, prompts["b1"], new)
     record.scalars["warmup_s"] = time.perf_counter() - started
     m: dict[str, list[float]] = {"tokens_per_s_b1": [], "tokens_per_s_batch": [], "ttft_s": [], "token_latency_s": []}
     for _ in range(settings["repeats"]):
-        one, batch = greedy(decoder, prompts["b1"], new), greedy(decoder, prompts["batch"], new)
-        m["tokens_per_s_b1"].append(new / one.total_s)
-        m["tokens_per_s_batch"].append(batch.tokens.size / batch.total_s)
+        m["tokens_per_s_b1"].append(new / looped(decoder, prompts["b1"], new)[1])
+        m["tokens_per_s_batch"].append(len(prompts["batch"]) * new / looped(decoder, prompts["batch"], new)[1])
+        one = streamed(decoder, prompts["b1"], new)
         m["ttft_s"].append(one.ttft_s)
         m["token_latency_s"].extend(one.step_s)
     record.measurements.update({k: v for k, v in m.items() if v})

@@ -3,12 +3,14 @@
 Numpy in, numpy out, over a static KV cache (``llmdual.decoding.StaticDecoder``): per-layer buffers allocated
 once and written in place by ``index_copy_`` in ``forward_static``. With ``compile`` the one-token step runs under
 ``torch.compile``, compiled once per (batch, cache length); CUDA graphs (``mode="reduce-overhead"``) on a GPU.
-The prefill, once per generation and of any prompt length, runs eagerly.
+The prefill, once per generation and of any prompt length, runs eagerly. A greedy generation loops over the
+steps on tensors, each argmax fed straight back, with no numpy round trip per token.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -35,8 +37,7 @@ class Decoder(StaticDecoder):
         c = self.config
         shape = (batch, c.n_heads, length, c.d_model // c.n_heads)
         dtype = next(self.model.parameters()).dtype
-        return [(torch.zeros(shape, dtype=dtype, device=self.device), torch.zeros(shape, dtype=dtype, device=self.device))
-                for _ in range(c.n_layers)]
+        return [tuple(torch.zeros(shape, dtype=dtype, device=self.device) for _ in range(2)) for _ in range(c.n_layers)]
 
     def _grow(self, cache: KVCache, length: int) -> KVCache:
         extra = length - self._length(cache)
@@ -49,22 +50,49 @@ class Decoder(StaticDecoder):
                  start: int) -> tuple[np.ndarray, KVCache]:
         """One ``forward_static`` call in inference mode: the compiled step for one token, eager otherwise."""
         forward = self._step if ids.shape[1] == 1 else self.model.forward_static
-        # Train mode changes only dropout: switched off only when there is some (walking the modules costs 30%)
+        with self._inference():
+            logits, cache = forward(self._tensor(ids), cache, self._tensor(np.asarray(start)), self._tensor(mask),
+                                    self._tensor(positions))
+            return logits.float().cpu().numpy(), cache
+
+    def _greedy(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, cache: KVCache, count: int,
+                eot: int) -> np.ndarray:
+        """The prefill, then up to ``count - 1`` steps (compiled with ``compile``) fed their own argmax (lowest id
+        on ties, as the numpy sampler), in inference mode; stops early once every row has made ``eot``."""
+        with self._inference():
+            mask_t, T = self._tensor(mask), ids.shape[1]
+            logits, cache = self.model.forward_static(self._tensor(ids), cache, self._tensor(np.asarray(0)), mask_t,
+                                                      self._tensor(positions))
+            token = logits.argmax(-1, keepdim=True)
+            tokens, done, last = [token], token == eot, self._tensor(positions[:, -1:])
+            for t in range(1, count):
+                if eot >= 0 and bool(done.all()):
+                    break
+                logits, cache = self._step(token, cache, self._tensor(np.asarray(T - 1 + t)), mask_t, last + t)
+                token = logits.argmax(-1, keepdim=True)
+                tokens.append(token)
+                done |= token == eot
+            out = torch.cat(tokens, dim=1).cpu().numpy()
+        return np.pad(out, ((0, 0), (0, count - out.shape[1])))
+
+    @contextlib.contextmanager
+    def _inference(self) -> Iterator[None]:
+        """Inference mode, the model in eval mode meanwhile. Train mode changes only dropout: switched off only
+        when there is some (walking the modules costs 30% of a small step)."""
         training = self.model.training and self.config.dropout > 0
         if training:
             self.model.eval()
         try:
             with torch.inference_mode():
-                logits, cache = forward(self._tensor(ids), cache, self._tensor(np.asarray(start)), self._tensor(mask),
-                                        self._tensor(positions))
-                last = logits.float().cpu().numpy()
+                yield
         finally:
             if training:
                 self.model.train()
-        return last, cache
 
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(index_array(array))).to(self.device)
+        """A fresh C-ordered copy on the device: a slice's strides (even over a size-1 axis, as one token of a
+        [B, new] array has) would differ call by call, and the compiled step guards on strides."""
+        return torch.from_numpy(np.array(index_array(array), order="C")).to(self.device)
 
 
 def compiled(model: nn.Module, compile: bool) -> Callable:

@@ -12,6 +12,7 @@ from llmdual.parity.core import ParityContext
 from llmdual.recipe import History, TrainConfig
 from llmdual.training import Monitor, latest_run_state, run_state_prefix
 
+ACCUMULATING = ("torch-ddp", "keras-jax", "keras-tf-multiworker")
 STEPS = 4  # short runs: each engine's trajectory differs from one device only by summation order at any length
 
 
@@ -51,6 +52,24 @@ def test_bad_degrees_are_refused():
     with pytest.raises(ValueError, match="launch it as: torchrun --nproc-per-node 2"):
         distributed.check_launched(2, 1, "torch")
     assert distributed.rank_and_world({}) == (0, 1)
+    with pytest.raises(ValueError, match="LLMDUAL_COORDINATOR must be host:port"):
+        distributed.coordinator({distributed.COORDINATOR: "localhost"})
+    with pytest.raises(ValueError, match="does not run one process per rank"):
+        distributed.rank_env("torch-ddp", 0, 2, "127.0.0.1", 1234)
+
+
+def test_each_process_of_a_multi_process_engine_learns_its_rank():
+    assert distributed.coordinator({distributed.COORDINATOR: "10.0.0.1:29500"}) == ("10.0.0.1", 29500)
+    jax = distributed.rank_env("keras-jax-multiprocess", 1, 2, "10.0.0.1", 29500)
+    assert jax["KERAS_DISTRIBUTION_JOB_ADDRESSES"] == "10.0.0.1:29500" and jax["KERAS_DISTRIBUTION_PROCESS_ID"] == "1"
+    tf = [distributed.rank_env("keras-tf-multiworker", r, 2, "10.0.0.1", 29500) for r in range(2)]
+    assert tf[0]["TF_CONFIG"] != tf[1]["TF_CONFIG"]  # the same cluster, worker 0 and 1 on ports 29500, 29501
+    assert '"worker": ["10.0.0.1:29500", "10.0.0.1:29501"]' in tf[1]["TF_CONFIG"] and '"index": 1' in tf[1]["TF_CONFIG"]
+    for env in [jax, tf[1]]:  # each framework's own variables name the rank, without the launcher's RANK
+        assert distributed.rank_and_world({k: v for k, v in env.items() if k not in ("RANK", "WORLD_SIZE")}) == (1, 2)
+    # JAX's devices: one per process for the multi-process engine, N in one process otherwise
+    assert "device_count=1" in distributed.engine_env("keras-jax-multiprocess", 2)["XLA_FLAGS"]
+    assert "device_count=2" in distributed.engine_env("keras-jax", 2)["XLA_FLAGS"]
 
 
 def test_torchrun_failure_names_the_rank():
@@ -80,6 +99,9 @@ def parity():
     """The data-parallel parity checks over ``STEPS`` steps, sharing their runs; and the runs' folder."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(dp, "STEPS", STEPS)
+        # accumulation on one engine per framework (the parity command checks every engine): a Keras backend's
+        # one-process and multi-process engines split micro-batches by the same code; the fastest of each here
+        patch.setattr(dp, "ACCUMULATING", ACCUMULATING)
         ctx = ParityContext(Config.preset("tiny"), "lm", 0)
         checks = [c for check in checks_for(["data-parallel"]) for c in check(ctx)]
         yield checks, dp.runs(ctx)
@@ -92,18 +114,23 @@ def test_every_engine_matches_one_device_and_the_others(parity):
     names = " | ".join(c.name for c in checks)
     for engine in distributed.ENGINES:
         assert f"{engine} 2-way vs 1 device: per-step loss ({STEPS} steps)" in names
+    for engine in ACCUMULATING:
         assert f"{engine} 2 ranks x 2 micro-batches vs 1 x 4 rows" in names
-    assert "torch-ddp vs keras-jax, 2-way" in names and "torch-ddp vs keras-tf, 2-way" in names
+    for engine in [e for e in distributed.ENGINES if e != "torch-ddp"]:
+        assert f"torch-ddp vs {engine}, 2-way" in names
     # resumed across degree (2 -> 1, 1 -> 2) and across backend (torch 2-way -> keras, keras 2-way -> torch)
     for writer, reader in dp.RESUMES:
         assert f"resume at {STEPS // 2}: {writer[0]} x{writer[1]} -> {reader[0]} x{reader[1]}" in names
     losses = [c for c in checks if "per-step loss" in c.name]
-    assert len(losses) == 3 + 2 + 3 + 4 and all(c.tolerance == 1e-5 for c in losses)
+    engines = len(distributed.ENGINES)
+    assert len(losses) == engines + (engines - 1) + len(ACCUMULATING) + len(dp.RESUMES)
+    assert all(c.tolerance == 1e-5 for c in losses)
 
 
-def test_a_2_way_run_leaves_complete_run_states_only(parity):
+@pytest.mark.parametrize("engine", ["torch-ddp", "keras-jax-multiprocess", "keras-tf-multiworker"])
+def test_a_2_way_run_leaves_complete_run_states_only(parity, engine):
     _, runs = parity
-    folder = runs.checkpoints("torch-ddp", 2)
+    folder = runs.checkpoints(engine, 2)
     names = sorted(p.name for p in folder.iterdir())
     expected = sorted(f"step-{s:06d}{x}" for s in (STEPS // 2, STEPS)
                       for x in (".json", ".optim.safetensors", ".safetensors"))
@@ -120,3 +147,40 @@ def test_a_killed_rank_fails_the_run_naming_it(parity, tmp_path):
     assert f"rank 1: stopping before step {stop}" in str(failure.value)
     assert latest_run_state(tmp_path / "ckpt") == run_state_prefix(tmp_path / "ckpt", STEPS // 2)
     assert not (tmp_path / "out.npz").exists()
+
+
+def test_a_killed_worker_process_fails_the_run_naming_it(parity, tmp_path):
+    _, runs = parity  # after the shared runs: this one runs alone
+    args = ["--engine", "keras-tf-multiworker", "--world", "2", "--out", str(tmp_path / "out.npz"), "--steps",
+            str(STEPS), "--config", Config.preset("tiny").to_json(), "--checkpoint-dir", str(tmp_path / "ckpt")]
+    stop = STEPS // 2 + 1
+    with pytest.raises(RuntimeError, match="rank 1 of 2 exited with an error") as failure:
+        # rank 0 would wait for rank 1 in the next all-reduce: the launcher stops it
+        dp.launch("keras-tf-multiworker", 2, args, {distributed.FAIL_RANK: "1", distributed.FAIL_STEP: str(stop)})
+    assert f"rank 1: stopping before step {stop}" in str(failure.value)
+    assert latest_run_state(tmp_path / "ckpt") == run_state_prefix(tmp_path / "ckpt", STEPS // 2)
+    assert not (tmp_path / "out.npz").exists()
+
+
+def test_the_classifier_trains_2_way_under_ddp_as_on_one_device():
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(dp, "STEPS", STEPS)
+        checks = dp.check_classifier(ParityContext(Config.preset("tiny"), "classifier", 0))
+    assert [c.name for c in checks] == [f"classifier, torch-ddp 2-way vs 1 device: per-step loss ({STEPS} steps)",
+                                        "classifier, torch-ddp 2-way vs 1 device: final weights (worst tensor)"]
+    failed = [(c.name, c.max_rel, c.tolerance) for c in checks if not c.passed]
+    assert not failed, failed
+
+
+def test_the_scaling_table_shows_each_engine_or_why_it_has_no_figure():
+    from llmdual.bench.scaling import table
+
+    rows = [{"engine": "keras-jax-multiprocess", "workers": 2, "threads": 2, "parity": True, "parity_loss_rel": 1e-7,
+             "tokens_per_s_1": 1000.0, "tokens_per_s_2": 1500.0, "efficiency": 0.75},
+            {"engine": "torch-ddp", "workers": 2, "threads": 2, "parity": True, "parity_loss_rel": 2e-7,
+             "tokens_per_s_1": 900.0, "error": "data-parallel training failed: ... (exit status -6)"}]
+    lines = table(rows, "small", 8, 256).splitlines()
+    assert lines[0] == "train scaling, small 8 x 256, 2 threads shared by the workers"
+    assert lines[3].split() == ["keras-jax-multiprocess", "ok", "1.0e-07", "1,000", "1,500", "0.75"]
+    assert lines[4].split()[:3] == ["torch-ddp", "ok", "2.0e-07"]
+    assert lines[4].endswith("900 at 1 worker; 2 workers failed (exit status -6)")

@@ -163,7 +163,7 @@ def test_the_compiled_steps_are_compiled_once(models):
 
     generated(models["keras"], ("keras", True), [[1, 2, 3]], 12, **SAMPLING)
     generated(models["keras"], ("keras", True), [[1, 2, 3]], 12)
-    step, loop = compiled(models["keras"], True), models["keras"]._greedy_loop_tensorflow_xla
+    step, loop = compiled(models["keras"], True), models["keras"]._decode_loop_tensorflow_xla
     before = step.experimental_get_tracing_count(), loop.experimental_get_tracing_count()
     generated(models["keras"], ("keras", True), [[4, 5, 6]], 12, **SAMPLING)
     generated(models["keras"], ("keras", True), [[4, 5, 6]], 12)

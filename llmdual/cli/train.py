@@ -80,7 +80,9 @@ def run(args: argparse.Namespace) -> int:
     if world > 1 and args.backend == "torch" and "WORLD_SIZE" not in os.environ:
         return launch(args, resolved)
     if world > 1 and args.backend == "keras" and os.environ.get("KERAS_BACKEND") == "jax":
-        os.environ["XLA_FLAGS"] = engine_env("keras-jax", world)["XLA_FLAGS"]  # N CPU devices, read when JAX starts
+        processes = "KERAS_DISTRIBUTION_NUM_PROCESSES" in os.environ  # one process per rank, else N CPU devices
+        env = engine_env("keras-jax-multiprocess" if processes else "keras-jax", world)
+        os.environ.update(XLA_FLAGS=env["XLA_FLAGS"], PJRT_NPROC=env["PJRT_NPROC"])  # read when JAX starts
     config = llmdual.Config.from_dict(resolved["model"])
     if config.vocab_size < MIN_VOCAB:
         raise CliError(f"vocab_size {config.vocab_size} is too small for the byte-level tokenizer (>= {MIN_VOCAB}); "

@@ -75,7 +75,7 @@ def compiled(model: keras.Model, compile: bool) -> Callable:
                                             ops.convert_to_tensor(mask), ops.convert_to_tensor(positions))
 
         return eager
-    return _kept(model, "_static_step", model.forward_static, compile, lambda start: start == 0)
+    return _kept(model, "_decode_step", model.forward_static, compile, lambda start: start == 0)
 
 
 def _looped(model: keras.Model, compile: bool) -> Callable:
@@ -91,7 +91,7 @@ def _looped(model: keras.Model, compile: bool) -> Callable:
 
         loop = _greedy_loop(model, _python_while)
         return eager
-    return _kept(model, "_greedy_loop", _greedy_loop(model, ops.while_loop), compile, lambda mask: True)
+    return _kept(model, "_decode_loop", _greedy_loop(model, ops.while_loop), compile, lambda mask: True)
 
 
 def _kept(model: keras.Model, name: str, function: Callable, compile: bool, fresh: Callable) -> Callable:

@@ -1,5 +1,6 @@
 """Keras data parallelism on each Keras backend's own engine: ``keras.distribution.DataParallel`` over
-``jax.devices()`` on JAX (one program over the global batch, sharded by rows), ``tf.distribute.MirroredStrategy``
+``jax.devices()`` on JAX (one program over the global batch, sharded by rows; the devices of this process, or of
+every process ``KERAS_DISTRIBUTION_*`` joins through ``jax.distributed``), ``tf.distribute.MirroredStrategy``
 on TensorFlow (one replica per device; ``MultiWorkerMirroredStrategy`` when ``TF_CONFIG`` names a cluster). Keras
 on the torch backend has none. Mirrors ``llmdual/torch_backend/distributed.py``; the shard plan is
 ``llmdual.distributed``'s.
@@ -14,26 +15,30 @@ from collections.abc import Iterator
 
 import keras
 
-from llmdual.distributed import KERAS_TORCH_REASON, check_launched
-from llmdual.recipe import TrainConfig
+from llmdual.distributed import KERAS_TORCH_REASON, check_launched, rank_major
+from llmdual.recipe import Batch, TrainConfig
 
 
 @contextlib.contextmanager
 def scope(data_parallel: int) -> Iterator[None]:
     """Build and train a ``data_parallel``-replica run inside this: JAX sets a ``DataParallel`` distribution over
-    that many devices, TensorFlow enters a ``MirroredStrategy`` over that many GPUs, or logical CPU devices (split
-    here, so before TensorFlow initialises)."""
+    that many devices (first joining the other processes, if ``KERAS_DISTRIBUTION_*`` names several), TensorFlow
+    enters a ``MirroredStrategy`` over that many GPUs, or logical CPU devices (split here, so before TensorFlow
+    initialises), or ``MultiWorkerMirroredStrategy`` over the workers ``TF_CONFIG`` names."""
     if data_parallel == 1:
         yield
         return
     backend = keras.backend.backend()
     if backend == "jax":
+        _join_processes()
         devices = keras.distribution.list_devices()
         if len(devices) != data_parallel:
             raise ValueError(f"data_parallel={data_parallel} needs {data_parallel} JAX devices, JAX sees "
                              f"{len(devices)}; on CPU set XLA_FLAGS=--xla_force_host_platform_device_count="
-                             f"{data_parallel} before JAX is imported (a fresh process)")
-        with keras.distribution.DataParallel(devices=devices).scope():
+                             f"{data_parallel} before JAX is imported (a fresh process), or run {data_parallel} "
+                             f"processes with KERAS_DISTRIBUTION_NUM_PROCESSES={data_parallel}")
+        # each process feeds its own rows (local_batch): Keras must not shard a dataset again
+        with keras.distribution.DataParallel(devices=devices, auto_shard_dataset=False).scope():
             yield
     elif backend == "tensorflow":
         with _strategy(data_parallel).scope():
@@ -41,6 +46,15 @@ def scope(data_parallel: int) -> Iterator[None]:
     else:
         raise ValueError(f"data_parallel={data_parallel}: {KERAS_TORCH_REASON}; use KERAS_BACKEND=jax or "
                          f"tensorflow, or the torch backend (DistributedDataParallel)")
+
+
+def _join_processes() -> None:
+    """Join the cluster of JAX processes that ``KERAS_DISTRIBUTION_*`` describe, once: ``keras.distribution.initialize``
+    (``jax.distributed.initialize``, then one random seed for every process, so layers initialise alike)."""
+    import jax
+
+    if int(os.environ.get("KERAS_DISTRIBUTION_NUM_PROCESSES", "1")) > 1 and not jax.distributed.is_initialized():
+        keras.distribution.initialize()
 
 
 def _strategy(data_parallel: int):
@@ -109,9 +123,22 @@ def wrap(model: keras.Model, world: int) -> keras.Model:
     return model
 
 
+def local_batch(batch: Batch, cfg: TrainConfig) -> Batch:
+    """The rows of a step's batch this process feeds its engine: every rank's shard, rank by rank (each replica,
+    or JAX device, takes one contiguous block), of which a process of a multi-process JAX run feeds its own
+    devices' blocks (Keras assembles the global batch from every process's rows)."""
+    batch = rank_major(batch, cfg.data_parallel, cfg.grad_accum)
+    if keras.backend.backend() != "jax" or cfg.data_parallel == 1:
+        return batch
+    import jax
+
+    rows = len(batch[0]) // jax.process_count()
+    return tuple(a[jax.process_index() * rows:(jax.process_index() + 1) * rows] for a in batch)
+
+
 def blocks(cfg: TrainConfig) -> int:
-    """Into how many contiguous blocks of rows the engine splits a batch fed to this process, one per replica:
-    ``cfg.data_parallel`` on TensorFlow, 1 on JAX (one program over the whole batch)."""
+    """Into how many blocks of rows, one per replica, the engine splits a batch fed to this process, each replica
+    computing its own: ``cfg.data_parallel`` on TensorFlow, 1 on JAX (one program over the global batch)."""
     return cfg.data_parallel if keras.backend.backend() == "tensorflow" else 1
 
 

@@ -50,7 +50,7 @@ def remove_lora(model: keras.Model) -> None:
 
 
 def _forget_traces(model: keras.Model) -> None:
-    """Drop the compiled decoding steps kept on the model (``decode.compiled``): traced before its projections
-    changed, a graph would go on computing the old ones."""
-    for name in [n for n in vars(model) if n.startswith("_static_step_")]:
+    """Drop the compiled decoding step and greedy loop kept on the model (``decode.compiled``, ``decode._looped``):
+    traced before its projections changed, a graph would go on computing the old ones."""
+    for name in [n for n in vars(model) if n.startswith("_decode_")]:
         object.__delattr__(model, name)

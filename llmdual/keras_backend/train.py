@@ -15,7 +15,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from llmdual.distributed import rank_major, shard_weights
+from llmdual.distributed import fail_if_asked, shard_weights
+from llmdual.distributed import rank_and_world as launcher_rank_and_world
 from llmdual.keras_backend import distributed
 from llmdual.keras_backend.api import value_and_grad
 from llmdual.keras_backend.model import cross_entropy
@@ -174,7 +175,19 @@ class Trainer(keras.Model):
         self.optimizer.apply(grads, self.params)
         inner = getattr(self.optimizer, "inner_optimizer", self.optimizer)  # fp16 wraps AdamW in loss scaling
         total = distributed.global_loss(total, self.cfg.data_parallel)
-        return {"loss": total, "grad_norm": ops.convert_to_tensor(inner.grad_norm)}
+        logs = {"loss": total, "grad_norm": ops.convert_to_tensor(inner.grad_norm)}
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            if isinstance(self.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
+                # Keras averages a multi-worker step's logs over the replicas along axis 0: give them one
+                logs = {k: ops.reshape(v, (1,)) for k, v in logs.items()}
+        return logs
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Keras' TensorFlow hook before ``fit``, skipped: there is nothing to build (model and optimizer are built,
+        nothing is compiled), and its first step, averaging a distributed batch over the replicas, fails for a dict
+        batch under ``MultiWorkerMirroredStrategy`` (``strategy.reduce`` takes tensors, not dicts)."""
 
     def _gradients(self, data) -> tuple[object, list]:
         """The batch's loss and the gradients (canonical order) summed over its weighted micro-batches."""
@@ -182,16 +195,18 @@ class Trainer(keras.Model):
             data = data[0]
         ids, targets, weights = data["ids"], data["targets"], data["weights"]
         mask = data.get("mask")
-        k, rows = self.cfg.grad_accum, self.cfg.batch_size // self.cfg.grad_accum // distributed.blocks(self.cfg)
+        k, rows = self.cfg.grad_accum, self.cfg.batch_size // self.cfg.grad_accum // self.cfg.data_parallel
         scale = getattr(self.optimizer, "dynamic_scale", None)  # fp16: the loss-scaling optimizer's factor
         total, grads = 0.0, None
         for i in range(k):
-            part = slice(i * rows, (i + 1) * rows)
 
-            def loss_fn(part=part, i=i):  # this micro-batch's rows and weight, bound explicitly
+            def part(x, i=i):  # micro-batch i of rank-major rows: every rank's block's i-th slice of `rows` rows
+                return ops.reshape(ops.reshape(x, (-1, k, rows, *x.shape[1:]))[:, i], (-1, *x.shape[1:]))
+
+            def loss_fn(i=i):  # this micro-batch's rows and weight, bound explicitly
                 with precision_context(self.cfg.precision, self.model):  # applies while the step is traced
-                    logits = self.model(ids[part], None if mask is None else mask[part], training=True)
-                return self.optimizer.scale_loss(cross_entropy(logits, targets[part]) * weights[0, i])
+                    logits = self.model(part(ids), None if mask is None else part(mask), training=True)
+                return self.optimizer.scale_loss(cross_entropy(logits, part(targets)) * weights[0, i])
 
             loss, g = value_and_grad(loss_fn, self.params)
             # Embedding gathers give TensorFlow sparse slices with repeated rows: adding them to zeros sums the
@@ -228,12 +243,13 @@ class Trainer(keras.Model):
 def step_inputs(batch: Batch, cfg: TrainConfig, model: keras.Model) -> dict[str, np.ndarray]:
     """A numpy batch as ``Trainer.train_step`` takes it: ids, targets, micro-batch weights (and the mask)."""
     ids, *mask, targets = check_batch(batch, model.task, cfg, config=model.config)
-    # TensorFlow hands each replica a contiguous block of rows: lay the ranks' shards out rank by rank (JAX's one
-    # program takes the batch as it is). The engines split every input by rows, so each row carries its block's
-    # micro-batch weights, (batch, grad_accum).
+    # The engines hand each replica (device) a contiguous block of rows: the ranks' shards go rank by rank, and a
+    # multi-process JAX run's process feeds its own blocks. Every input is split by rows, so each row carries the
+    # micro-batch weights of its replica's block, (rows, grad_accum); JAX's one program weights the union's.
     blocks = distributed.blocks(cfg)
-    weights = np.repeat(shard_weights(targets, blocks, cfg.grad_accum), len(targets) // blocks, axis=0)
-    ids, *mask, targets = rank_major((ids, *mask, targets), blocks, cfg.grad_accum)
+    shares = shard_weights(targets, blocks, cfg.grad_accum)
+    ids, *mask, targets = distributed.local_batch((ids, *mask, targets), cfg)
+    weights = np.repeat(shares, len(targets) // blocks, axis=0)
     out = {"ids": ids, "targets": targets, "weights": weights}
     return {**out, "mask": mask[0]} if mask else out
 
@@ -260,6 +276,7 @@ class StepMonitor(keras.callbacks.Callback):
         self.monitor, self.cfg, self.start, self.tokens = monitor, cfg, start, tokens
 
     def on_train_batch_begin(self, batch, logs=None):
+        fail_if_asked(launcher_rank_and_world()[0], self.start + batch)  # how tests stop a launched rank mid-run
         self.monitor.step_begin()
 
     def on_train_batch_end(self, batch, logs=None):

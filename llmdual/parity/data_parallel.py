@@ -2,8 +2,9 @@
 frameworks, with gradient accumulation, and resumed across data-parallel degree and backend.
 
 Every run is a fresh process (Keras' backend and JAX's device count are fixed per process), launched as its engine
-needs it (``llmdual.distributed.launch_command``: torchrun for PyTorch) running ``llmdual.parity.rank``, which trains
-the LM on ``llmdual.parity.training``'s seeded batches and writes rank 0's history and final weights.
+needs it (``llmdual.distributed.run_launched``: torchrun for PyTorch, one process per rank for the multi-process Keras
+engines) running ``llmdual.parity.rank``, which trains the LM (or classifier) on ``llmdual.parity.training``'s
+seeded batches and writes rank 0's history and final weights.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llmdual.distributed import ENGINES, run_launched
+from llmdual.distributed import ENGINES, PROCESS_ENGINES, run_launched
 from llmdual.parity.core import Check, ParityContext
 from llmdual.parity.training import compare_runs
 from llmdual.recipe import History
@@ -29,6 +30,7 @@ WORLD = 2
 STEPS = 20
 BATCH = 4
 TIMEOUT_S = 600.0
+ACCUMULATING = tuple(ENGINES)  # the engines checked with gradient accumulation
 
 Run = tuple[History, dict[str, np.ndarray]]
 
@@ -47,12 +49,15 @@ class Runs:
     def get(self, engine: str, world: int, grad_accum: int = 1, resume: tuple[str, int] | None = None) -> Run:
         """A run of ``engine`` on ``world`` ranks, ``STEPS`` steps of ``BATCH`` rows, run states every ``STEPS // 2``
         steps; ``resume``: (engine, world) of a run whose middle run state it continues from."""
+        if world == 1:  # one rank of a one-process-per-rank engine is its one-process engine's run
+            engine = PROCESS_ENGINES.get(engine, engine)
         key = (engine, world, grad_accum, resume)
         if key not in self.done:
             tag = f"{engine}-{world}x{grad_accum}" + (f"-from-{resume[0]}-{resume[1]}" if resume else "")
             out = Path(self.folder.name) / f"{tag}.npz"
             args = ["--engine", engine, "--world", str(world), "--grad-accum", str(grad_accum), "--out", str(out),
-                    "--steps", str(STEPS), "--seed", str(self.ctx.seed), "--config", self.ctx.config.to_json()]
+                    "--steps", str(STEPS), "--seed", str(self.ctx.seed), "--config", self.ctx.config.to_json(),
+                    "--task", self.ctx.task]
             if resume:
                 args += ["--resume", str(run_state_prefix(self.checkpoints(*resume), STEPS // 2))]
             else:
@@ -65,8 +70,8 @@ _RUNS: dict[tuple, Runs] = {}
 
 
 def runs(ctx: ParityContext) -> Runs:
-    """The shared runs of a context's config and seed."""
-    key = (ctx.config, ctx.seed, STEPS)
+    """The shared runs of a context's config, task and seed."""
+    key = (ctx.config, ctx.task, ctx.seed, STEPS)
     if key not in _RUNS:
         _RUNS[key] = Runs(ctx)
     return _RUNS[key]
@@ -94,7 +99,7 @@ def check_engines(ctx: ParityContext) -> list[Check]:
 
 
 def check_across_frameworks(ctx: ParityContext) -> list[Check]:
-    """The 2-way runs of the three engines against each other (PyTorch DDP the reference)."""
+    """The 2-way runs of the engines against each other (PyTorch DDP the reference)."""
     if ctx.task != "lm":
         return []
     shared, checks = runs(ctx), []
@@ -109,7 +114,7 @@ def check_accumulation(ctx: ParityContext) -> list[Check]:
     if ctx.task != "lm":
         return []
     shared, checks = runs(ctx), []
-    for engine in ENGINES:
+    for engine in ACCUMULATING:
         checks += compare_runs(f"{engine} {WORLD} ranks x 2 micro-batches vs 1 x {BATCH} rows",
                                shared.get(engine, 1), shared.get(engine, WORLD, grad_accum=2), LOSS_RTOL)
     return checks
@@ -117,7 +122,8 @@ def check_accumulation(ctx: ParityContext) -> list[Check]:
 
 # (engine that wrote the middle run state, its ranks) -> (engine resuming it, its ranks)
 RESUMES = [(("torch-ddp", WORLD), ("torch-ddp", 1)), (("torch-ddp", 1), ("torch-ddp", WORLD)),
-           (("torch-ddp", WORLD), ("keras-tf", 1)), (("keras-tf", WORLD), ("torch-ddp", 1))]
+           (("torch-ddp", WORLD), ("keras-tf", 1)), (("keras-tf", WORLD), ("torch-ddp", 1)),
+           (("keras-jax-multiprocess", WORLD), ("torch-ddp", 1)), (("keras-tf-multiworker", WORLD), ("torch-ddp", 1))]
 
 
 def check_resume(ctx: ParityContext) -> list[Check]:
@@ -133,10 +139,21 @@ def check_resume(ctx: ParityContext) -> list[Check]:
     return checks
 
 
+def check_classifier(ctx: ParityContext) -> list[Check]:
+    """The classifier (ragged attention masks, one target per row) on PyTorch DDP, 2-way against one device; the
+    LM checks above cover the engines."""
+    if ctx.task != "classifier":
+        return []
+    shared = runs(ctx)
+    return compare_runs(f"classifier, torch-ddp {WORLD}-way vs 1 device", shared.get("torch-ddp", 1),
+                        shared.get("torch-ddp", WORLD), LOSS_RTOL)
+
+
 CHECKS: list[Callable[[ParityContext], list[Check]]] = [
     check_engines,
     check_across_frameworks,
     check_accumulation,
     check_resume,
+    check_classifier,
 ]
 

@@ -1,6 +1,6 @@
 """One rank of a data-parallel parity run (``python -m llmdual.parity.rank``, launched by
-``llmdual.parity.data_parallel``): train the LM on the seeded parity batches inside the engine's data-parallel
-scope; rank 0 writes its history and final weights."""
+``llmdual.parity.data_parallel``): train the LM (or classifier) on the seeded parity batches inside the engine's
+data-parallel scope; rank 0 writes its history and final weights."""
 
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ from llmdual.training import train
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """One rank of a parity run: train the config's LM (dropout 0) on the seeded batches inside the engine's
-    data-parallel scope; rank 0 writes ``--out`` (history and final weights)."""
+    """One rank of a parity run: train the config's ``--task`` model (dropout 0) on the seeded batches inside the
+    engine's data-parallel scope; rank 0 writes ``--out`` (history and final weights)."""
     p = argparse.ArgumentParser(prog="python -m llmdual.parity.rank")
     p.add_argument("--engine", choices=sorted(ENGINES), required=True)
     p.add_argument("--world", type=int, default=1)
@@ -31,6 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=STEPS)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--config", required=True, help="the model Config as JSON")
+    p.add_argument("--task", choices=["lm", "classifier"], default="lm")
     p.add_argument("--checkpoint-dir")
     p.add_argument("--resume")
     p.add_argument("--batch", type=int, default=BATCH, help="global batch (rows per step)")
@@ -38,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     name = ENGINES[args.engine][0]
-    ctx = ParityContext(Config.from_json(args.config), "lm", args.seed, seq_len=args.seq_len)
+    ctx = ParityContext(Config.from_json(args.config), args.task, args.seed, seq_len=args.seq_len)
     cfg = train_config(steps=args.steps, batch_size=args.batch, grad_accum=args.grad_accum, data_parallel=args.world,
                        checkpoint_dir=args.checkpoint_dir, checkpoint_interval=max(1, args.steps // 2))
     with backend(name).data_parallel_scope(args.world):

@@ -14,9 +14,9 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from llmdual.distributed import check_launched
+from llmdual.distributed import check_launched, shard
 from llmdual.distributed import rank_and_world as launcher_rank_and_world
-from llmdual.recipe import TrainConfig
+from llmdual.recipe import Batch, TrainConfig
 
 
 @contextlib.contextmanager
@@ -60,9 +60,16 @@ def wrap(model: nn.Module, world: int) -> nn.Module:
     return DistributedDataParallel(model)
 
 
+def local_batch(batch: Batch, cfg: TrainConfig) -> Batch:
+    """The rows of a step's batch this process feeds its engine: this rank's shard of every micro-batch, in
+    micro-batch order (``llmdual.distributed.shard``)."""
+    rank, world = rank_and_world(cfg)
+    return shard(batch, rank, world, cfg.grad_accum)
+
+
 def blocks(cfg: TrainConfig) -> int:
-    """Into how many contiguous blocks of rows the engine splits a batch fed to this process: 1, as each rank's
-    process is fed its own shard."""
+    """Into how many blocks of rows, one per replica, the engine splits a batch fed to this process, each replica
+    computing its own: 1, as each rank's process is fed its own shard."""
     return 1
 
 

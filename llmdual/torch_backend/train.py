@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from llmdual.distributed import fail_if_asked, shard, shard_weights
+from llmdual.distributed import fail_if_asked, shard_weights
 from llmdual.recipe import Batch, BatchFn, History, TrainConfig, check_batch, lr_at
 from llmdual.torch_backend import distributed
 from llmdual.torch_backend.model import cross_entropy
@@ -107,10 +107,13 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         for i in range(self.cfg.grad_accum):
             ids, *mask, targets = (t[i] for t in tensors)
-            with precision_context(self.cfg.precision, self.model):
-                logits = self.module(ids, *mask)  # the classifier's batches carry an attention mask
-            loss = cross_entropy(logits, targets) * float(weights[i])
-            (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+            # DDP all-reduces once per step: the last micro-batch's backward sends the accumulated gradients
+            last = i == self.cfg.grad_accum - 1
+            with contextlib.nullcontext() if last or self.world == 1 else self.module.no_sync():
+                with precision_context(self.cfg.precision, self.model):
+                    logits = self.module(ids, *mask)  # the classifier's batches carry an attention mask
+                loss = cross_entropy(logits, targets) * float(weights[i])
+                (loss if self.scaler is None else self.scaler.scale(loss)).backward()
             total += loss.detach()
         total = distributed.global_loss(total, self.world)
         if self.scaler is not None:
@@ -133,7 +136,7 @@ class Trainer:
             group["lr"] = lr
         # this rank's shard; DDP averages gradients over ranks, so each rank's weights are scaled by their number
         weights = shard_weights(batch[-1], self.world, self.cfg.grad_accum)[self.rank] * self.world
-        batch = shard(batch, self.rank, self.world, self.cfg.grad_accum)
+        batch = distributed.local_batch(batch, self.cfg)
         tensors = [torch.as_tensor(a, device=self.device).chunk(self.cfg.grad_accum) for a in batch]
         was_training = self.model.training
         self.model.train()

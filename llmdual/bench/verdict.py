@@ -15,8 +15,8 @@ from llmdual.config import Config
 
 MEMORY_METRICS = ("peak_device_mb", "peak_rss_mb")
 # The lead a win needs, by figure (headline, memory, warm-up): the ratio's 95% interval must clear it, not only 1.
-# An interval covers one run's repeats, not what moves between runs: over five default runs on a 2-core CPU the
-# train ratio of the same two engines read 1.04-1.14 (each engine moving by up to 9%), one engine's warm-up
+# An interval covers one run's repeats, not what moves between runs: over seven default runs on a 2-core CPU the
+# train ratio of the same two engines read 1.01-1.14 (each engine moving by up to 9%), one engine's warm-up
 # (torch.compile) moved 1.7x, and peak memory of the same run layout repeated within 3%. A lead inside these is
 # called noise, so back-to-back verdicts agree.
 MARGINS = (1.15, 1.10, 1.5)

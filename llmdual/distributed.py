@@ -29,6 +29,8 @@ from llmdual.recipe import Batch, shard_problem
 # The engines: (backend, Keras backend or None, what runs the ranks)
 ENGINES: dict[str, tuple[str, str | None, str]] = {
     "torch-ddp": ("torch", None, "torch.distributed DistributedDataParallel, one process per rank (torchrun)"),
+    "torch-fsdp": ("torch", None, "torch.distributed.fsdp.fully_shard (FSDP2) per block, then the model, one process "
+                                  "per rank (torchrun)"),
     "keras-jax": ("keras", "jax", "keras.distribution.DataParallel over jax.devices()"),
     "keras-tf": ("keras", "tensorflow", "tf.distribute.MirroredStrategy over logical devices"),
     "keras-jax-multiprocess": ("keras", "jax", "keras.distribution.DataParallel over jax.distributed processes, one "
@@ -36,6 +38,10 @@ ENGINES: dict[str, tuple[str, str | None, str]] = {
     "keras-tf-multiworker": ("keras", "tensorflow", "tf.distribute.MultiWorkerMirroredStrategy, one worker process "
                                                     "per rank (TF_CONFIG)"),
 }
+# The PyTorch engines (torchrun), and the variable telling each rank's process which data parallelism wraps the model
+TORCH_ENGINES = {"torch-ddp": "ddp", "torch-fsdp": "fsdp"}
+TORCH_DP = "LLMDUAL_TORCH_DP"
+TORCH_DP_MODES = tuple(TORCH_ENGINES.values())
 # Engines running one process per rank that we start ourselves (JAX and TensorFlow have no launcher), on this host,
 # and the one-process engine each equals on one rank
 PROCESS_ENGINES = {"keras-jax-multiprocess": "keras-jax", "keras-tf-multiworker": "keras-tf"}
@@ -157,14 +163,17 @@ def threads_per_worker(threads: int, world: int) -> int:
 
 def engine_env(engine: str, world: int, threads: int | None = None) -> dict[str, str]:
     """Environment variables a fresh process needs to run ``engine`` with ``world`` replicas on CPU: the Keras
-    backend, JAX's virtual host devices (read only when JAX starts; one per process of a multi-process run), and
-    ``threads`` per worker (split between the processes of a one-process-per-rank engine)."""
+    backend, JAX's virtual host devices (read only when JAX starts; one per process of a multi-process run), the
+    PyTorch wrapper (``LLMDUAL_TORCH_DP``), and ``threads`` per worker (split between the processes of a
+    one-process-per-rank engine)."""
     if engine not in ENGINES:
         raise ValueError(f"unknown data-parallel engine {engine!r}; choose from {sorted(ENGINES)}")
     _, keras_backend, _ = ENGINES[engine]
     env = {"TF_CPP_MIN_LOG_LEVEL": "3"}
     if keras_backend:
         env["KERAS_BACKEND"] = keras_backend
+    if engine in TORCH_ENGINES:
+        env[TORCH_DP] = TORCH_ENGINES[engine]
     if keras_backend == "jax":
         devices = 1 if engine in PROCESS_ENGINES else world
         flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ.get("XLA_FLAGS", "")).strip()
@@ -173,7 +182,7 @@ def engine_env(engine: str, world: int, threads: int | None = None) -> dict[str,
         # all-reduce between 2 devices of one process never completes with 2 or 3 threads (small preset), with 4 it does
         env["PJRT_NPROC"] = str(max(threads or usable_cores(), 2 * devices))
     if threads is not None:
-        split = engine == "torch-ddp" or engine in PROCESS_ENGINES
+        split = engine in TORCH_ENGINES or engine in PROCESS_ENGINES
         per = str(threads_per_worker(threads, world) if split else threads)
         env.update(OMP_NUM_THREADS=per, MKL_NUM_THREADS=per)
     return env
@@ -229,7 +238,7 @@ def launch_command(engine: str, world: int, module_args: Sequence[str]) -> list[
     """The command running ``python -m <module_args>`` as ``world`` ranks of ``engine``: torchrun's launcher
     (``torch.distributed.run``, one process per rank) for PyTorch, one process for Keras (its replicas are
     devices of that process; ``run_processes`` starts it once per rank for the ``PROCESS_ENGINES``)."""
-    if engine == "torch-ddp" and world > 1:
+    if engine in TORCH_ENGINES and world > 1:
         return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(world), "--standalone",
                 "--tee", "3", "-m", *module_args]  # --tee: each rank's lines prefixed [default<rank>]:
     return [sys.executable, "-m", *module_args]
@@ -245,7 +254,7 @@ def launch_error(engine: str, world: int, returncode: int, output: str, command:
                  rank: int | None = None) -> RuntimeError:
     """The error a failed data-parallel launch raises: the failing rank (``rank``, else from torchrun's summary)
     and the tail of its output."""
-    if rank is None and engine == "torch-ddp" and world > 1:
+    if rank is None and engine in TORCH_ENGINES and world > 1:
         rank = failed_rank(output)
     who = f"rank {rank} of {world}" if rank is not None else f"the {engine} run ({world} replica(s))"
     lines = output.strip().splitlines()

@@ -166,6 +166,13 @@ def check_moments(moments: Mapping[str, np.ndarray], config: Config, task: str,
     return {name: moments[name] for name in expected}
 
 
+def due(step: int, interval: int, steps: int) -> bool:
+    """Whether finished 0-based ``step`` of ``steps`` is the last one or a multiple of ``interval`` (0: never): when
+    ``Monitor`` evaluates (``eval_interval``) or saves a run state (``checkpoint_interval``)."""
+    done = step + 1
+    return done == steps or bool(interval and done % interval == 0)
+
+
 class Monitor:
     """Bookkeeping after each optimizer step, shared by both loops: history, progress bar, evaluation and run
     state. ``moments()`` returns the optimizer state to save (canonical names). In a data-parallel run only rank 0
@@ -185,8 +192,7 @@ class Monitor:
 
     def _due(self, step: int, interval: int) -> bool:
         """Whether finished 0-based ``step`` is the last one or a multiple of ``interval`` (0: never)."""
-        done = step + 1
-        return done == self.cfg.steps or bool(interval and done % interval == 0)
+        return due(step, interval, self.cfg.steps)
 
     def evaluating(self, step: int) -> bool:
         """Whether ``step_end(step, ...)`` evaluates."""

@@ -72,6 +72,19 @@ def test_each_process_of_a_multi_process_engine_learns_its_rank():
     assert "device_count=2" in distributed.engine_env("keras-jax", 2)["XLA_FLAGS"]
 
 
+def test_the_torch_engines_launch_with_torchrun_and_name_their_wrapper(monkeypatch):
+    from torch import nn
+
+    from llmdual.torch_backend.distributed import wrap
+
+    for engine, mode in [("torch-ddp", "ddp"), ("torch-fsdp", "fsdp")]:
+        assert distributed.engine_env(engine, 2, threads=2)[distributed.TORCH_DP] == mode
+        assert distributed.launch_command(engine, 2, ["m"])[1:4] == ["-m", "torch.distributed.run", "--nproc-per-node"]
+    monkeypatch.setenv(distributed.TORCH_DP, "zero3")
+    with pytest.raises(ValueError, match=r"LLMDUAL_TORCH_DP must be one of \['ddp', 'fsdp'\], got 'zero3'"):
+        wrap(nn.Linear(2, 2), 2)
+
+
 def test_torchrun_failure_names_the_rank():
     summary = "Root Cause (first observed failure):\n[0]:\n  time : 2026\n  host : h\n  rank : 1 (local_rank: 1)\n"
     assert distributed.failed_rank(summary) == 1
@@ -127,7 +140,19 @@ def test_every_engine_matches_one_device_and_the_others(parity):
     assert all(c.tolerance == 1e-5 for c in losses)
 
 
-@pytest.mark.parametrize("engine", ["torch-ddp", "keras-jax-multiprocess", "keras-tf-multiworker"])
+def test_fsdp_matches_one_device_and_ddp_and_resumes_across_degree(parity):
+    checks, _ = parity
+    fsdp = {c.name: c for c in checks if "torch-fsdp" in c.name}
+    resumed = f"resume at {STEPS // 2}: "
+    pairs = ["torch-fsdp 2-way vs 1 device", "torch-ddp vs torch-fsdp, 2-way",
+             f"{resumed}torch-fsdp x2 -> torch-ddp x1", f"{resumed}torch-ddp x1 -> torch-fsdp x2"]
+    assert sorted(fsdp) == sorted(f"{pair}: {what}" for pair in pairs
+                                  for what in [f"per-step loss ({STEPS} steps)", "final weights (worst tensor)"])
+    failed = [(c.name, c.max_rel, c.tolerance) for c in fsdp.values() if not c.passed]
+    assert not failed, failed
+
+
+@pytest.mark.parametrize("engine", ["torch-ddp", "torch-fsdp", "keras-jax-multiprocess", "keras-tf-multiworker"])
 def test_a_2_way_run_leaves_complete_run_states_only(parity, engine):
     _, runs = parity
     folder = runs.checkpoints(engine, 2)

@@ -31,6 +31,9 @@ STEPS = 20
 BATCH = 4
 TIMEOUT_S = 600.0
 ACCUMULATING = tuple(ENGINES)  # the engines checked with gradient accumulation
+# The engine whose one-rank run each engine's is: a one-process-per-rank Keras engine's one-process engine; FSDP2's
+# wrap leaves one rank's model as it is, as DDP's does
+ONE_RANK = {**PROCESS_ENGINES, "torch-fsdp": "torch-ddp"}
 
 Run = tuple[History, dict[str, np.ndarray]]
 
@@ -49,8 +52,8 @@ class Runs:
     def get(self, engine: str, world: int, grad_accum: int = 1, resume: tuple[str, int] | None = None) -> Run:
         """A run of ``engine`` on ``world`` ranks, ``STEPS`` steps of ``BATCH`` rows, run states every ``STEPS // 2``
         steps; ``resume``: (engine, world) of a run whose middle run state it continues from."""
-        if world == 1:  # one rank of a one-process-per-rank engine is its one-process engine's run
-            engine = PROCESS_ENGINES.get(engine, engine)
+        if world == 1:
+            engine = ONE_RANK.get(engine, engine)
         key = (engine, world, grad_accum, resume)
         if key not in self.done:
             tag = f"{engine}-{world}x{grad_accum}" + (f"-from-{resume[0]}-{resume[1]}" if resume else "")
@@ -122,6 +125,7 @@ def check_accumulation(ctx: ParityContext) -> list[Check]:
 
 # (engine that wrote the middle run state, its ranks) -> (engine resuming it, its ranks)
 RESUMES = [(("torch-ddp", WORLD), ("torch-ddp", 1)), (("torch-ddp", 1), ("torch-ddp", WORLD)),
+           (("torch-fsdp", WORLD), ("torch-ddp", 1)), (("torch-ddp", 1), ("torch-fsdp", WORLD)),
            (("torch-ddp", WORLD), ("keras-tf", 1)), (("keras-tf", WORLD), ("torch-ddp", 1)),
            (("keras-jax-multiprocess", WORLD), ("torch-ddp", 1)), (("keras-tf-multiworker", WORLD), ("torch-ddp", 1))]
 

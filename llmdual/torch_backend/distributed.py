@@ -1,20 +1,23 @@
-"""PyTorch data parallelism on its own engine: ``torch.distributed`` with ``DistributedDataParallel``, one process
-per rank as ``torchrun`` launches them (gloo on CPU, nccl with one GPU per rank). Mirrors
+"""PyTorch data parallelism on its own engine: ``torch.distributed``, one process per rank as ``torchrun`` launches
+them (gloo on CPU, nccl with one GPU per rank), with ``DistributedDataParallel`` or, when ``LLMDUAL_TORCH_DP=fsdp``,
+FSDP2 (``fully_shard``). Mirrors
 ``llmdual/keras_backend/distributed.py``; the shard plan is ``llmdual.distributed``'s.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
-from llmdual.distributed import check_launched, shard
+from llmdual.distributed import TORCH_DP, TORCH_DP_MODES, check_launched, shard
 from llmdual.distributed import rank_and_world as launcher_rank_and_world
 from llmdual.recipe import Batch, TrainConfig
 
@@ -51,11 +54,21 @@ def rank_and_world(cfg: TrainConfig) -> tuple[int, int]:
 
 def wrap(model: nn.Module, world: int) -> nn.Module:
     """The module a training step runs: ``DistributedDataParallel`` over the model (moved to this rank's GPU on
-    CUDA), which averages gradients over ranks during backward; the model itself for one rank."""
+    CUDA), which averages gradients over ranks during backward; with ``LLMDUAL_TORCH_DP=fsdp`` a copy of the model
+    sharded by FSDP2 (``fully_shard`` per block, then the whole), whose parameters are DTensors the optimizer must
+    be built on; the model itself for one rank."""
     if world == 1:
         return model
-    if torch.cuda.is_available():
-        device = torch.device("cuda", torch.cuda.current_device())
+    mode = os.environ.get(TORCH_DP) or "ddp"
+    if mode not in TORCH_DP_MODES:
+        raise ValueError(f"{TORCH_DP} must be one of {list(TORCH_DP_MODES)}, got {mode!r}")
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else None
+    if mode == "fsdp":  # a copy: the caller's model keeps plain parameters, the trainer copies weights back
+        sharded = copy.deepcopy(model) if device is None else copy.deepcopy(model).to(device)
+        for block in sharded.h:
+            fully_shard(block)
+        return fully_shard(sharded)
+    if device is not None:
         return DistributedDataParallel(model.to(device), device_ids=[device.index])
     return DistributedDataParallel(model)
 

@@ -14,13 +14,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 from llmdual.distributed import fail_if_asked, shard_weights
 from llmdual.recipe import Batch, BatchFn, History, TrainConfig, check_batch, lr_at
 from llmdual.torch_backend import distributed
 from llmdual.torch_backend.model import cross_entropy
-from llmdual.torch_backend.weights import stored_transposed
-from llmdual.training import Monitor, check_moments, restore_run_state
+from llmdual.torch_backend.weights import get_weights, set_weights, stored_transposed
+from llmdual.training import Monitor, check_moments, due, restore_run_state
 from llmdual.weights import trainable_shapes
 
 
@@ -42,25 +44,35 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
 
 
 def moments(optimizer: torch.optim.AdamW, model: nn.Module) -> dict[str, np.ndarray]:
-    """AdamW's first and second moments as ``m.<name>``/``v.<name>`` in canonical layout (zeros before step 1)."""
+    """AdamW's first and second moments as ``m.<name>``/``v.<name>`` in canonical layout (zeros before step 1); of
+    a model sharded by FSDP2, gathered by every rank at once."""
     out = {}
     for name, p in parameters(model).items():
         state = optimizer.state.get(p, {})
         for key, slot in (("m", "exp_avg"), ("v", "exp_avg_sq")):
-            value = state[slot].detach().float().cpu().numpy() if slot in state else np.zeros(p.shape, np.float32)
+            if slot not in state:
+                value = np.zeros(p.shape, np.float32)
+            else:
+                value = state[slot].detach()
+                value = (value.full_tensor() if isinstance(value, DTensor) else value).float().cpu().numpy()
             out[f"{key}.{name}"] = np.array(value.T if stored_transposed(name) else value, order="C")  # a copy
     return out
 
 
 def load_moments(optimizer: torch.optim.AdamW, model: nn.Module, state: dict[str, np.ndarray], step: int) -> None:
-    """Restore the moments written by ``moments`` and the step count their bias correction needs; ``ValueError``
-    (``check_moments``) before the optimizer is touched if a name, shape or dtype does not fit."""
+    """Restore the moments written by ``moments`` and the step count their bias correction needs (each rank its
+    shard of an FSDP2 model's); ``ValueError`` (``check_moments``) before the optimizer is touched if a name, shape
+    or dtype does not fit."""
     state = check_moments(state, model.config, model.task, lora=model.lora)
     for name, p in parameters(model).items():
         slots = {}
         for key, slot in (("m", "exp_avg"), ("v", "exp_avg_sq")):
             value = state[f"{key}.{name}"]
-            slots[slot] = torch.from_numpy(np.ascontiguousarray(value.T if stored_transposed(name) else value)).to(p)
+            value = torch.from_numpy(np.ascontiguousarray(value.T if stored_transposed(name) else value))
+            value = value.to(device=p.device, dtype=p.dtype)
+            if isinstance(p, DTensor):  # every rank holds the whole: each keeps its shard, no communication
+                value = distribute_tensor(value, p.device_mesh, p.placements, src_data_rank=None)
+            slots[slot] = value
         optimizer.state[p] = {"step": torch.tensor(float(step), device=p.device), **slots}  # fused: on p's device
 
 
@@ -88,18 +100,25 @@ class Trainer:
     """One AdamW step at a time on a model: the optimizer, its step count (from ``start``: the schedule's position
     and AdamW's bias correction), the training precision and, for fp16, a ``GradScaler`` beside the optimizer.
     With ``cfg.data_parallel`` ranks (inside ``distributed.scope``) each rank runs its shard of every step through
-    ``DistributedDataParallel``."""
+    ``DistributedDataParallel``, or through FSDP2 (``LLMDUAL_TORCH_DP=fsdp``): then ``trained`` is a sharded copy of
+    the model, which the optimizer updates and ``_gather`` copies back into the model."""
 
     def __init__(self, model: nn.Module, cfg: TrainConfig, optimizer: torch.optim.AdamW | None = None,
                  start: int = 0):
         self.model, self.cfg, self.iterations = model, cfg, start
-        self.optimizer = make_optimizer(model, cfg) if optimizer is None else optimizer
-        if start and not self.optimizer.state:  # as Keras' iteration count: bias correction continues from it
-            load_moments(self.optimizer, model, moments(self.optimizer, model), start)
         self.rank, self.world = distributed.rank_and_world(cfg)
         self.module = distributed.wrap(model, self.world)
-        self.device = next(model.parameters()).device
-        fp16 = check_precision(cfg.precision, model) == "fp16"
+        self.sharded = isinstance(self.module, FSDPModule)
+        self.trained = self.module if self.sharded else model
+        if self.sharded and optimizer is not None:
+            raise ValueError("an FSDP2 trainer builds its own optimizer over the sharded parameters; pass "
+                             "optimizer=None (and restore moments with load_moments(trainer.optimizer, "
+                             "trainer.trained, ...))")
+        self.optimizer = make_optimizer(self.trained, cfg) if optimizer is None else optimizer
+        if start and not self.optimizer.state:  # as Keras' iteration count: bias correction continues from it
+            load_moments(self.optimizer, self.trained, moments(self.optimizer, self.trained), start)
+        self.device = next(self.trained.parameters()).device
+        fp16 = check_precision(cfg.precision, self.trained) == "fp16"
         self.scaler = torch.amp.GradScaler("cuda") if fp16 else None
 
     def train_step(self, tensors: list[tuple[torch.Tensor, ...]], weights: np.ndarray) -> tuple[float, float]:
@@ -107,10 +126,8 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         for i in range(self.cfg.grad_accum):
             ids, *mask, targets = (t[i] for t in tensors)
-            # DDP all-reduces once per step: the last micro-batch's backward sends the accumulated gradients
-            last = i == self.cfg.grad_accum - 1
-            with contextlib.nullcontext() if last or self.world == 1 else self.module.no_sync():
-                with precision_context(self.cfg.precision, self.model):
+            with self._syncing(i == self.cfg.grad_accum - 1):
+                with precision_context(self.cfg.precision, self.trained):
                     logits = self.module(ids, *mask)  # the classifier's batches carry an attention mask
                 loss = cross_entropy(logits, targets) * float(weights[i])
                 (loss if self.scaler is None else self.scaler.scale(loss)).backward()
@@ -118,7 +135,8 @@ class Trainer:
         total = distributed.global_loss(total, self.world)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
-        norm = nn.utils.clip_grad_norm_(list(parameters(self.model).values()), self.cfg.grad_clip or math.inf)
+        norm = nn.utils.clip_grad_norm_(list(parameters(self.trained).values()), self.cfg.grad_clip or math.inf)
+        norm = norm.full_tensor() if isinstance(norm, DTensor) else norm
         if self.scaler is None:
             self.optimizer.step()
         else:
@@ -127,6 +145,19 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return float(total), float(norm)
 
+    def _syncing(self, last: bool) -> contextlib.AbstractContextManager:
+        """The context of a micro-batch's backward: gradients are reduced over the ranks once per step, on the last
+        micro-batch's backward (DDP's ``no_sync()`` and FSDP2's ``set_requires_gradient_sync`` before)."""
+        if self.sharded:
+            self.module.set_requires_gradient_sync(last)
+        return contextlib.nullcontext() if last or self.world == 1 or self.sharded else self.module.no_sync()
+
+    def _gather(self) -> dict[str, np.ndarray]:
+        """Copy an FSDP2 run's sharded weights into the model and return its AdamW moments (canonical), gathered:
+        a collective every rank joins."""
+        set_weights(self.model, get_weights(self.module))
+        return moments(self.optimizer, self.module)
+
     def step(self, batch: Batch) -> tuple[float, float]:
         """One optimizer step on a numpy ``batch`` (split into ``grad_accum`` micro-batches) at the schedule's
         learning rate; returns (loss, pre-clip global gradient norm)."""
@@ -134,16 +165,17 @@ class Trainer:
         lr = float(lr_at(self.iterations, self.cfg))
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        # this rank's shard; DDP averages gradients over ranks, so each rank's weights are scaled by their number
+        # this rank's shard; DDP and FSDP2 average gradients over ranks, so each rank's weights are scaled by their
+        # number
         weights = shard_weights(batch[-1], self.world, self.cfg.grad_accum)[self.rank] * self.world
         batch = distributed.local_batch(batch, self.cfg)
         tensors = [torch.as_tensor(a, device=self.device).chunk(self.cfg.grad_accum) for a in batch]
-        was_training = self.model.training
-        self.model.train()
+        was_training = self.trained.training
+        self.trained.train()
         try:
             result = self.train_step(tensors, weights)
         finally:
-            self.model.train(was_training)
+            self.trained.train(was_training)
         self.iterations += 1
         return result
 
@@ -156,19 +188,28 @@ def trainer(model: nn.Module, cfg: TrainConfig, optimizer: torch.optim.AdamW | N
 def train(model: nn.Module, get_batch: BatchFn, cfg: TrainConfig, val: Sequence[Batch],
           resume: str | Path | None = None) -> History:
     """Run steps ``start .. cfg.steps - 1`` (``start`` from ``resume``'s run state, else 0); return the history.
-    With ``cfg.data_parallel`` ranks this runs in each rank's process (torchrun); only rank 0 saves run states."""
+    With ``cfg.data_parallel`` ranks this runs in each rank's process (torchrun); only rank 0 saves run states. Under
+    FSDP2 every rank gathers the weights and moments into ``model`` whenever rank 0 evaluates or saves, and at the
+    end, so ``model`` holds the trained weights on every rank."""
     with distributed.scope(cfg.data_parallel):
-        optimizer = make_optimizer(model, cfg)
-        start, history = 0, History("torch")
+        start, state, history = 0, None, History("torch")
         if resume is not None:
             start, state, history = restore_run_state(model, resume)
-            load_moments(optimizer, model, state, start)
-        trainer = Trainer(model, cfg, optimizer, start)
-        monitor = Monitor(model, cfg, val, history, start, lambda: moments(optimizer, model), trainer.rank)
+        trainer = Trainer(model, cfg, start=start)  # FSDP2 shards a copy of the restored model
+        if state is not None:
+            load_moments(trainer.optimizer, trainer.trained, state, start)
+        gathered: dict[str, np.ndarray] = {}
+        read = (lambda: gathered) if trainer.sharded else (lambda: moments(trainer.optimizer, model))
+        monitor = Monitor(model, cfg, val, history, start, read, trainer.rank)
         for step in range(start, cfg.steps):
             fail_if_asked(trainer.rank, step)
             monitor.step_begin()
             batch = get_batch(step)
             loss, norm = trainer.step(batch)
+            # every rank, though rank 0 alone evaluates and saves; after the last step for the caller's model
+            reads = (step == cfg.steps - 1 or bool(val) and due(step, cfg.eval_interval, cfg.steps)
+                     or bool(cfg.checkpoint_dir) and due(step, cfg.checkpoint_interval, cfg.steps))
+            if trainer.sharded and reads:
+                gathered.update(trainer._gather())
             monitor.step_end(step, loss, float(lr_at(step, cfg)), norm, np.asarray(batch[0]).size)
     return history

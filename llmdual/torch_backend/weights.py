@@ -7,6 +7,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from llmdual.weights import canonical_shapes, check_weights
 
@@ -19,10 +20,11 @@ def stored_transposed(name: str) -> bool:
 
 def get_weights(model: nn.Module) -> dict[str, np.ndarray]:
     """Canonical name -> float32 numpy copy of every parameter (a copy: ``.numpy()`` of a CPU tensor shares its
-    memory, so a snapshot would follow training)."""
+    memory, so a snapshot would follow training); of a model sharded by FSDP2, gathered by every rank at once."""
     weights = {}
     for name in canonical_shapes(model.config, model.task, model.lora):
-        value = model.get_parameter(name).detach().float().cpu().numpy()
+        value = model.get_parameter(name).detach()
+        value = (value.full_tensor() if isinstance(value, DTensor) else value).float().cpu().numpy()
         weights[name] = np.array(value.T if stored_transposed(name) else value, order="C")
     return weights
 

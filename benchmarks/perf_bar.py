@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from llmdual.bench import bars, compare
 from llmdual.bench.results import read_json, write_text
-from llmdual.config import PRESETS
-from llmdual.report import table
+from llmdual.core.config import PRESETS
+from llmdual.core.report import table
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

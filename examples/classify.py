@@ -11,8 +11,8 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import llmdual  # noqa: E402
-from llmdual.corpus import stdlib_classification_data  # noqa: E402
-from llmdual.experiment import max_curve_gap, plot_curves, train_side_by_side  # noqa: E402
+from llmdual.core.corpus import stdlib_classification_data  # noqa: E402
+from llmdual.experiments.sidebyside import max_curve_gap, plot_curves, train_side_by_side  # noqa: E402
 
 
 def main() -> None:

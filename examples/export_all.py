@@ -23,7 +23,7 @@ from llmdual.export import formats_for
 from llmdual.native import load
 from llmdual.native.export import PLAIN_LM_ONLY, size_of
 from llmdual.onnx.runtime import logits, open_session, throughput
-from llmdual.report import table
+from llmdual.core.report import table
 
 SUFFIX = {"onnx": ".onnx", "torch-export": ".pt2", "aoti": ".pt2", "saved-model": "", "litert": ""}
 
@@ -35,7 +35,7 @@ def latency_ms(run, repeats: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="small", choices=sorted(llmdual.config.PRESETS))
+    parser.add_argument("--preset", default="small", choices=sorted(llmdual.core.config.PRESETS))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--seq", type=int, default=128, help="sequence length of the timed forward passes")
     parser.add_argument("--repeats", type=int, default=10, help="timed calls per engine and batch (median)")

@@ -16,7 +16,7 @@ import tempfile
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import llmdual  # noqa: E402
-from llmdual.finetune import adapt, corpus_parts, int8_quality, onnx_int8_quality, plot_adaptation  # noqa: E402
+from llmdual.experiments.finetune import adapt, corpus_parts, int8_quality, onnx_int8_quality, plot_adaptation  # noqa: E402
 from llmdual.quantize import weight_bytes  # noqa: E402
 
 

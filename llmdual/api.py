@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 
 from llmdual import contract
-from llmdual.config import Config
+from llmdual.core.config import Config
 from llmdual.contract import backend_of
-from llmdual.io import read_model_file, write_model_file
-from llmdual.weights import check_task, init_weights
+from llmdual.core.io import read_model_file, write_model_file
+from llmdual.core.weights import check_task, init_weights
 
 
 def build(

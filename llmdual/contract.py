@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from llmdual.config import Config
+from llmdual.core.config import Config
 
 if TYPE_CHECKING:
-    from llmdual.decoding import Decoder
-    from llmdual.lora import LoraSpec
-    from llmdual.recipe import Batch, BatchFn, History, TrainConfig
+    from llmdual.core.decoding import Decoder
+    from llmdual.core.lora_spec import LoraSpec
+    from llmdual.core.recipe import Batch, BatchFn, History, TrainConfig
 
 
 @runtime_checkable
@@ -49,7 +49,7 @@ class Backend(Protocol):
         ...
 
     def set_weights(self, model: Any, weights: Mapping[str, np.ndarray]) -> None:
-        """Assign canonical weights (validated by ``llmdual.weights.check_weights`` first)."""
+        """Assign canonical weights (validated by ``llmdual.core.weights.check_weights`` first)."""
         ...
 
     def forward(self, model: Any, input_ids: np.ndarray, attention_mask: np.ndarray | None = None) -> np.ndarray:
@@ -68,7 +68,7 @@ class Backend(Protocol):
         ...
 
     def decoder(self, model: Any, use_cache: bool = True, compile: bool = False) -> Decoder:
-        """A ``llmdual.decoding.Decoder`` over the model (static KV cache, or recomputing the prefix); ``compile``:
+        """A ``llmdual.core.decoding.Decoder`` over the model (static KV cache, or recomputing the prefix); ``compile``:
         the framework's optimising compiler for the step (torch.compile, XLA on TensorFlow)."""
         ...
 

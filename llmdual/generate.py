@@ -1,9 +1,9 @@
 """Text generation for every backend through one small protocol, ``Decoder``: prefill, then one step per token.
 
 ``generate`` owns everything backend-neutral (prompt handling, left padding, sampling with the shared
-``llmdual.sampling.sample_next`` and a seeded numpy generator, stopping at end-of-text), so greedy and seeded
+``llmdual.core.sampling.sample_next`` and a seeded numpy generator, stopping at end-of-text), so greedy and seeded
 sampling give the same tokens whichever backend, or any other engine implementing ``Decoder``, runs the model.
-Greedy generation goes to the engine's own loop where it has one (``llmdual.decoding.greedy``), held to the
+Greedy generation goes to the engine's own loop where it has one (``llmdual.core.decoding.greedy``), held to the
 same argmax.
 """
 
@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from llmdual.contract import backend_of
-from llmdual.decoding import Decoder, greedy, sample_steps
-from llmdual.sampling import check_args
+from llmdual.core.decoding import Decoder, greedy, sample_steps
+from llmdual.core.sampling import check_args
 
 
 def decoder_for(target: Any, use_cache: bool = True) -> Decoder:

@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 
 from llmdual.api import build, forward, get_weights
-from llmdual.config import Config
+from llmdual.core.config import Config
 from llmdual.contract import backend_name, backend_of
-from llmdual.corpus import stdlib_lm_data
+from llmdual.core.corpus import stdlib_lm_data
 from llmdual.evaluate import cross_entropy_sum
 
 SCHEMES = ("int8",)

@@ -23,16 +23,16 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from llmdual.api import get_weights, read_model, refuse_quantized, save, set_weights
-from llmdual.config import Config
+from llmdual.core.config import Config
 from llmdual.contract import backend_name, backend_of
 from llmdual.evaluate import mean_loss
-from llmdual.io import atomic_write, read_optimizer_state, write_model_file, write_optimizer_state
+from llmdual.core.io import atomic_write, read_optimizer_state, write_model_file, write_optimizer_state
 from llmdual.lora import check_compatible, describe, read_lora, save_lora
-from llmdual.recipe import Batch, BatchFn, History, TrainConfig
-from llmdual.weights import canonical_shapes, trainable_shapes
+from llmdual.core.recipe import Batch, BatchFn, History, TrainConfig
+from llmdual.core.weights import canonical_shapes, trainable_shapes
 
 if TYPE_CHECKING:
-    from llmdual.lora import LoraSpec
+    from llmdual.core.lora_spec import LoraSpec
 
 
 def batch_source(data: Any, cfg: TrainConfig) -> tuple[BatchFn, list[Batch]]:

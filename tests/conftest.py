@@ -10,8 +10,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from llmdual.api import build  # noqa: E402
-from llmdual.config import Config  # noqa: E402
-from llmdual.weights import init_weights  # noqa: E402
+from llmdual.core.config import Config  # noqa: E402
+from llmdual.core.weights import init_weights  # noqa: E402
 
 BACKENDS = ("torch", "keras")
 TASKS = ("lm", "classifier")

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def weights(tiny):
-    return llmdual.weights.init_weights(tiny, "lm", seed=0)
+    return llmdual.core.weights.init_weights(tiny, "lm", seed=0)
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from matplotlib.image import imread
 from rich.console import Console
 
 from llmdual.bench import charts, report, results, verdict
-from llmdual.config import Config
+from llmdual.core.config import Config
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TINY = Config.preset("tiny").to_dict()

@@ -6,8 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llmdual.bench import flops, stats
-from llmdual.config import PRESETS, Config
-from llmdual.weights import canonical_shapes
+from llmdual.core.config import PRESETS, Config
+from llmdual.core.weights import canonical_shapes
 
 finite = st.floats(min_value=1e-3, max_value=1e6, allow_nan=False, allow_infinity=False)
 

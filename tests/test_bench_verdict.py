@@ -7,7 +7,7 @@ from matplotlib.image import imread
 
 from llmdual.bench import charts, report, results, verdict
 from llmdual.bench.engines import ENGINES
-from llmdual.config import Config
+from llmdual.core.config import Config
 
 TINY = Config.preset("tiny").to_dict()
 

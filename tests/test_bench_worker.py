@@ -9,7 +9,7 @@ import pytest
 from llmdual.bench import engines, expected, runner
 from llmdual.bench.inputs import Inputs
 from llmdual.bench.runner import CaseSpec
-from llmdual.config import Config
+from llmdual.core.config import Config
 
 
 def settings(**changes):

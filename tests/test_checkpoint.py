@@ -51,7 +51,7 @@ def test_foreign_safetensors_and_missing_files(tiny, tmp_path):
 
 
 def test_failed_write_leaves_nothing(tiny, tmp_path, monkeypatch):
-    from llmdual import io
+    from llmdual.core import io
 
     def explode(weights, path, metadata):
         Path(path).write_bytes(b"partial")

@@ -85,7 +85,7 @@ import json, sys
 import numpy as np
 import jax, keras
 import llmdual
-from llmdual.config import Config
+from llmdual.core.config import Config
 from keras import ops
 
 config = Config.preset("tiny")
@@ -113,7 +113,7 @@ out["compiles"] = len(traces)
 
 # the decoder reads the weights once per generation: the next generation after set_weights uses the new ones
 from llmdual.contract import backend
-from llmdual.weights import init_weights
+from llmdual.core.weights import init_weights
 scaled = lambda seed: {k: v * 8 if v.ndim == 2 else v for k, v in init_weights(config, "lm", seed).items()}
 gen = lambda m: np.stack(llmdual.generate(m, [[1, 2, 3]], 8, stop_at_eot=False)).tolist()
 model = llmdual.build(config, "keras", weights=scaled(0))

@@ -2,7 +2,7 @@ import dataclasses
 
 import pytest
 
-from llmdual.config import PRESETS, Config
+from llmdual.core.config import PRESETS, Config
 
 
 def test_presets_validate_and_match_their_definitions():

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from llmdual.corpus import default_corpus_files, stdlib_classification, stdlib_dir
-from llmdual.data import ClassificationDataset, LMDataset, load_labeled, token_stream
-from llmdual.tokenizer import Tokenizer
+from llmdual.core.corpus import default_corpus_files, stdlib_classification, stdlib_dir
+from llmdual.core.data import ClassificationDataset, LMDataset, load_labeled, token_stream
+from llmdual.core.tokenizer import Tokenizer
 
 DOCS = [f"document {i}: " + "the cat sat on the mat. " * (i % 5 + 1) for i in range(40)]
 

@@ -4,12 +4,13 @@ against one device, across frameworks, with accumulation and resumed across degr
 import numpy as np
 import pytest
 
-from llmdual import distributed
-from llmdual.config import Config
+from llmdual.core import shard
+from llmdual.parallel import launch
+from llmdual.core.config import Config
 from llmdual.parity import checks_for
 from llmdual.parity import data_parallel as dp
 from llmdual.parity.core import ParityContext
-from llmdual.recipe import History, TrainConfig
+from llmdual.core.recipe import History, TrainConfig
 from llmdual.training import Monitor, latest_run_state, run_state_prefix
 
 ACCUMULATING = ("torch-ddp", "keras-jax", "keras-tf-multiworker")
@@ -20,24 +21,24 @@ STEPS = 4  # short runs: each engine's trajectory differs from one device only b
 def test_union_of_the_shards_is_the_batch_in_order(batch, accum, world):
     ids = np.arange(batch * 3).reshape(batch, 3)
     targets = np.arange(batch).reshape(batch, 1)
-    shards = [distributed.shard((ids, targets), r, world, accum) for r in range(world)]
+    shards = [shard.shard((ids, targets), r, world, accum) for r in range(world)]
     rows = batch // accum
     for i in range(accum):  # micro-batch i: rank 0's rows, then rank 1's, ... are exactly rows of micro-batch i
         part = np.concatenate([s[0].reshape(accum, rows // world, 3)[i] for s in shards])
         np.testing.assert_array_equal(part, ids[i * rows:(i + 1) * rows])
-    laid_out = distributed.rank_major((ids,), world, accum)[0]
+    laid_out = shard.rank_major((ids,), world, accum)[0]
     np.testing.assert_array_equal(laid_out, np.concatenate([s[0] for s in shards]))
-    weights = distributed.shard_weights(targets, world, accum)
+    weights = shard.shard_weights(targets, world, accum)
     assert weights.shape == (world, accum)
     np.testing.assert_allclose(weights, 1 / (world * accum), rtol=1e-6)  # equal counts: equal shares
 
 
 def test_shard_weights_follow_the_counted_targets():
     targets = np.array([[1, -100], [1, 1], [-100, -100], [1, 1]])
-    weights = distributed.shard_weights(targets.reshape(4, 2), 2, 1)
+    weights = shard.shard_weights(targets.reshape(4, 2), 2, 1)
     np.testing.assert_allclose(weights, [[3 / 5], [2 / 5]], rtol=1e-6)
     with pytest.raises(ValueError, match="rank 1's shard of micro-batch 0 has no counted target"):
-        distributed.shard_weights(np.array([[1], [1], [-100], [-100]]), 2, 1)
+        shard.shard_weights(np.array([[1], [1], [-100], [-100]]), 2, 1)
 
 
 def test_bad_degrees_are_refused():
@@ -46,30 +47,30 @@ def test_bad_degrees_are_refused():
     with pytest.raises(ValueError, match=r"divisible by grad_accum x data_parallel \(2 x 3\)"):
         TrainConfig(batch_size=8, grad_accum=2, data_parallel=3)
     with pytest.raises(ValueError, match="rank must be in"):
-        distributed.shard((np.zeros((4, 2)),), 2, 2, 1)
+        shard.shard((np.zeros((4, 2)),), 2, 2, 1)
     with pytest.raises(ValueError, match="RANK must be in"):
-        distributed.rank_and_world({"RANK": "2", "WORLD_SIZE": "2"})
+        shard.rank_and_world({"RANK": "2", "WORLD_SIZE": "2"})
     with pytest.raises(ValueError, match="launch it as: torchrun --nproc-per-node 2"):
-        distributed.check_launched(2, 1, "torch")
-    assert distributed.rank_and_world({}) == (0, 1)
+        shard.check_launched(2, 1, "torch", "torchrun")
+    assert shard.rank_and_world({}) == (0, 1)
     with pytest.raises(ValueError, match="LLMDUAL_COORDINATOR must be host:port"):
-        distributed.coordinator({distributed.COORDINATOR: "localhost"})
+        launch.coordinator({launch.COORDINATOR: "localhost"})
     with pytest.raises(ValueError, match="does not run one process per rank"):
-        distributed.rank_env("torch-ddp", 0, 2, "127.0.0.1", 1234)
+        launch.rank_env("torch-ddp", 0, 2, "127.0.0.1", 1234)
 
 
 def test_each_process_of_a_multi_process_engine_learns_its_rank():
-    assert distributed.coordinator({distributed.COORDINATOR: "10.0.0.1:29500"}) == ("10.0.0.1", 29500)
-    jax = distributed.rank_env("keras-jax-multiprocess", 1, 2, "10.0.0.1", 29500)
+    assert launch.coordinator({launch.COORDINATOR: "10.0.0.1:29500"}) == ("10.0.0.1", 29500)
+    jax = launch.rank_env("keras-jax-multiprocess", 1, 2, "10.0.0.1", 29500)
     assert jax["KERAS_DISTRIBUTION_JOB_ADDRESSES"] == "10.0.0.1:29500" and jax["KERAS_DISTRIBUTION_PROCESS_ID"] == "1"
-    tf = [distributed.rank_env("keras-tf-multiworker", r, 2, "10.0.0.1", 29500) for r in range(2)]
+    tf = [launch.rank_env("keras-tf-multiworker", r, 2, "10.0.0.1", 29500) for r in range(2)]
     assert tf[0]["TF_CONFIG"] != tf[1]["TF_CONFIG"]  # the same cluster, worker 0 and 1 on ports 29500, 29501
     assert '"worker": ["10.0.0.1:29500", "10.0.0.1:29501"]' in tf[1]["TF_CONFIG"] and '"index": 1' in tf[1]["TF_CONFIG"]
     for env in [jax, tf[1]]:  # each framework's own variables name the rank, without the launcher's RANK
-        assert distributed.rank_and_world({k: v for k, v in env.items() if k not in ("RANK", "WORLD_SIZE")}) == (1, 2)
+        assert shard.rank_and_world({k: v for k, v in env.items() if k not in ("RANK", "WORLD_SIZE")}) == (1, 2)
     # JAX's devices: one per process for the multi-process engine, N in one process otherwise
-    assert "device_count=1" in distributed.engine_env("keras-jax-multiprocess", 2)["XLA_FLAGS"]
-    assert "device_count=2" in distributed.engine_env("keras-jax", 2)["XLA_FLAGS"]
+    assert "device_count=1" in launch.launcher_env("keras-jax-multiprocess", 2)["XLA_FLAGS"]
+    assert "device_count=2" in launch.launcher_env("keras-jax", 2)["XLA_FLAGS"]
 
 
 def test_the_torch_engines_launch_with_torchrun_and_name_their_wrapper(monkeypatch):
@@ -78,17 +79,17 @@ def test_the_torch_engines_launch_with_torchrun_and_name_their_wrapper(monkeypat
     from llmdual.torch_backend.distributed import wrap
 
     for engine, mode in [("torch-ddp", "ddp"), ("torch-fsdp", "fsdp")]:
-        assert distributed.engine_env(engine, 2, threads=2)[distributed.TORCH_DP] == mode
-        assert distributed.launch_command(engine, 2, ["m"])[1:4] == ["-m", "torch.distributed.run", "--nproc-per-node"]
-    monkeypatch.setenv(distributed.TORCH_DP, "zero3")
+        assert launch.launcher_env(engine, 2, threads=2)[shard.TORCH_DP] == mode
+        assert launch.launch_command(engine, 2, ["m"])[1:4] == ["-m", "torch.distributed.run", "--nproc-per-node"]
+    monkeypatch.setenv(shard.TORCH_DP, "zero3")
     with pytest.raises(ValueError, match=r"LLMDUAL_TORCH_DP must be one of \['ddp', 'fsdp'\], got 'zero3'"):
         wrap(nn.Linear(2, 2), 2)
 
 
 def test_torchrun_failure_names_the_rank():
     summary = "Root Cause (first observed failure):\n[0]:\n  time : 2026\n  host : h\n  rank : 1 (local_rank: 1)\n"
-    assert distributed.failed_rank(summary) == 1
-    error = distributed.launch_error("torch-ddp", 2, 1, summary, ["python"])
+    assert launch.failed_rank(summary) == 1
+    error = launch.launch_error("torch-ddp", 2, 1, summary, ["python"])
     assert "rank 1 of 2" in str(error)
 
 
@@ -125,17 +126,17 @@ def test_every_engine_matches_one_device_and_the_others(parity):
     failed = [(c.name, c.max_rel, c.tolerance) for c in checks if not c.passed]
     assert not failed, failed
     names = " | ".join(c.name for c in checks)
-    for engine in distributed.ENGINES:
+    for engine in launch.LAUNCHERS:
         assert f"{engine} 2-way vs 1 device: per-step loss ({STEPS} steps)" in names
     for engine in ACCUMULATING:
         assert f"{engine} 2 ranks x 2 micro-batches vs 1 x 4 rows" in names
-    for engine in [e for e in distributed.ENGINES if e != "torch-ddp"]:
+    for engine in [e for e in launch.LAUNCHERS if e != "torch-ddp"]:
         assert f"torch-ddp vs {engine}, 2-way" in names
     # resumed across degree (2 -> 1, 1 -> 2) and across backend (torch 2-way -> keras, keras 2-way -> torch)
     for writer, reader in dp.RESUMES:
         assert f"resume at {STEPS // 2}: {writer[0]} x{writer[1]} -> {reader[0]} x{reader[1]}" in names
     losses = [c for c in checks if "per-step loss" in c.name]
-    engines = len(distributed.ENGINES)
+    engines = len(launch.LAUNCHERS)
     assert len(losses) == engines + (engines - 1) + len(ACCUMULATING) + len(dp.RESUMES)
     assert all(c.tolerance == 1e-5 for c in losses)
 
@@ -168,7 +169,7 @@ def test_a_killed_rank_fails_the_run_naming_it(parity, tmp_path):
             "--config", Config.preset("tiny").to_json(), "--checkpoint-dir", str(tmp_path / "ckpt")]
     stop = STEPS // 2 + 1  # after the middle run state, before the last
     with pytest.raises(RuntimeError, match="rank 1 of 2 exited with an error") as failure:
-        dp.launch("torch-ddp", 2, args, {distributed.FAIL_RANK: "1", distributed.FAIL_STEP: str(stop)})
+        dp.launch("torch-ddp", 2, args, {shard.FAIL_RANK: "1", shard.FAIL_STEP: str(stop)})
     assert f"rank 1: stopping before step {stop}" in str(failure.value)
     assert latest_run_state(tmp_path / "ckpt") == run_state_prefix(tmp_path / "ckpt", STEPS // 2)
     assert not (tmp_path / "out.npz").exists()
@@ -181,7 +182,7 @@ def test_a_killed_worker_process_fails_the_run_naming_it(parity, tmp_path):
     stop = STEPS // 2 + 1
     with pytest.raises(RuntimeError, match="rank 1 of 2 exited with an error") as failure:
         # rank 0 would wait for rank 1 in the next all-reduce: the launcher stops it
-        dp.launch("keras-tf-multiworker", 2, args, {distributed.FAIL_RANK: "1", distributed.FAIL_STEP: str(stop)})
+        dp.launch("keras-tf-multiworker", 2, args, {shard.FAIL_RANK: "1", shard.FAIL_STEP: str(stop)})
     assert f"rank 1: stopping before step {stop}" in str(failure.value)
     assert latest_run_state(tmp_path / "ckpt") == run_state_prefix(tmp_path / "ckpt", STEPS // 2)
     assert not (tmp_path / "out.npz").exists()

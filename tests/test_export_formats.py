@@ -12,7 +12,7 @@ import pytest
 import llmdual
 from llmdual.contract import backend as backend_package
 from llmdual.native import NativeDecoder, load
-from llmdual.signature import VerificationError, default_shapes, shape_label
+from llmdual.core.signature import VerificationError, default_shapes, shape_label
 
 # Float32 throughout: torch.export runs the model's own kernels, AOTInductor and the SavedModel's TF graph fuse
 # or reorder them, so exports differ from native by float32 rounding (~1e-7 on the tiny preset); 1e-4 is the

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import llmdual
-from llmdual.finetune import adapt, corpus_parts, int8_quality, plot_adaptation
+from llmdual.experiments.finetune import adapt, corpus_parts, int8_quality, plot_adaptation
 
 
 def test_adapt_in_both_backends(tmp_path):

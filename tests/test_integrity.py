@@ -17,10 +17,11 @@ import pytest
 from safetensors.numpy import save_file
 
 import llmdual
-from llmdual import io, training
+from llmdual import training
+from llmdual.core import io
 from llmdual.contract import backend as backend_package
-from llmdual.io import read_optimizer_state, write_optimizer_state
-from llmdual.recipe import TrainConfig
+from llmdual.core.io import read_optimizer_state, write_optimizer_state
+from llmdual.core.recipe import TrainConfig
 from llmdual.training import latest_run_state
 
 
@@ -107,7 +108,7 @@ def test_a_file_written_before_checksums_loads_with_a_warning(tiny, backend, tmp
 
 RESUME = """
 import numpy as np, llmdual
-from llmdual.recipe import TrainConfig
+from llmdual.core.recipe import TrainConfig
 def get_batch(step):
     tokens = np.random.default_rng(step).integers(0, 256, (4, 9))
     return tokens[:, :-1], tokens[:, 1:]

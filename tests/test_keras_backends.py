@@ -11,7 +11,7 @@ SCRIPT = """
 import json, sys
 import keras
 from llmdual import parity
-from llmdual.config import Config
+from llmdual.core.config import Config
 reports = [parity.run(Config.preset("tiny"), task) for task in ("lm", "classifier")]
 json.dump({"backend": keras.backend.backend(), "reports": [r.to_dict() for r in reports]}, sys.stdout)
 """

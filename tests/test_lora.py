@@ -13,12 +13,12 @@ from safetensors import safe_open
 
 import llmdual
 from llmdual import parity
-from llmdual.lora import init_lora, lora_spec, resolve_targets
+from llmdual.core.lora_spec import init_lora, lora_spec, resolve_targets
 from llmdual.parity import ParityContext
 from llmdual.parity import lora as lora_parity
 from llmdual.parity import training as training_parity
 from llmdual.training import run_state_prefix
-from llmdual.weights import canonical_shapes
+from llmdual.core.weights import canonical_shapes
 
 ALL = ("c_attn", "c_proj", "c_fc", "mlp.c_proj")
 ATOL = 1e-5

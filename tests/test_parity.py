@@ -9,7 +9,7 @@ from llmdual import parity
 from llmdual.parity import core
 from llmdual.parity import model as model_checks
 from llmdual.parity.__main__ import main
-from llmdual.config import Config
+from llmdual.core.config import Config
 
 
 @pytest.mark.parametrize("preset", ["tiny", "small"])

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from llmdual.sampling import sample_next
+from llmdual.core.sampling import sample_next
 
 logit_rows = hnp.arrays(
     np.float64,

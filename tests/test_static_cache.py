@@ -12,9 +12,9 @@ import pytest
 
 import llmdual
 from llmdual.contract import backend as backend_package
-from llmdual.decoding import cache_length, sample_steps
+from llmdual.core.decoding import cache_length, sample_steps
 from llmdual.generate import left_pad
-from llmdual.sampling import sample_next
+from llmdual.core.sampling import sample_next
 
 ATOL = 1e-5  # float32 logits: the static cache attends over more (masked) slots, a different summation order
 PROMPTS = [[7, 8, 9, 10, 11, 12], [40], [3, 2, 1]]
@@ -182,7 +182,7 @@ import json, sys
 import numpy as np
 import keras, llmdual
 from llmdual.contract import backend
-from llmdual.decoding import sample_steps
+from llmdual.core.decoding import sample_steps
 from llmdual.generate import left_pad
 prompts, sampling = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 model = llmdual.build(llmdual.Config.preset("tiny"), "keras", seed=3)

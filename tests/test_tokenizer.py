@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmdual.tokenizer import Tokenizer, expand_sources
+from llmdual.core.tokenizer import Tokenizer, expand_sources
 
 CORPUS = [
     "def add(x, y):\n    return x + y\n",

@@ -12,7 +12,7 @@ from llmdual import parity
 from llmdual.bench.env import gpus
 from llmdual.parity import ParityContext
 from llmdual.parity import training as training_parity
-from llmdual.recipe import TrainConfig, lr_at
+from llmdual.core.recipe import TrainConfig, lr_at
 from llmdual.training import latest_run_state
 
 

@@ -1,4 +1,4 @@
-"""The one validation gate (``llmdual.validate``): both backends and onnxruntime refuse the same bad inputs with the
+"""The one validation gate (``llmdual.core.validate``): both backends and onnxruntime refuse the same bad inputs with the
 same ``ValueError``, naming what was wrong and what is allowed."""
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 
 import llmdual
-from llmdual import config as config_module
+from llmdual.core import config as config_module
 from llmdual import contract
 from llmdual.generate import decoder_for, left_pad
 from llmdual.onnx.runtime import OnnxDecoder, logits, open_session
-from llmdual.recipe import check_batch
-from llmdual.validate import check_inputs
-from llmdual.weights import check_weights, init_weights
+from llmdual.core.recipe import check_batch
+from llmdual.core.validate import check_inputs
+from llmdual.core.weights import check_weights, init_weights
 
 ENGINES = ("torch", "keras", "onnx")
 

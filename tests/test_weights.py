@@ -3,8 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from llmdual.config import Config
-from llmdual.weights import canonical_shapes, check_weights, from_hf_gpt2, init_weights
+from llmdual.core.config import Config
+from llmdual.core.weights import canonical_shapes, check_weights, from_hf_gpt2, init_weights
 
 
 def test_init_is_deterministic_per_seed(tiny):

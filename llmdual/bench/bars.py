@@ -14,7 +14,7 @@ import numpy as np
 from llmdual.bench import stats
 from llmdual.bench.engines import ENGINES, LLMDUAL_ENGINES
 from llmdual.bench.results import point_of
-from llmdual.report import table
+from llmdual.core.report import table
 
 # engine (None: the fastest llmdual engine; ANY_REFERENCE: the fastest reference), workload, metric
 Side = tuple[str | None, str, str]

@@ -10,7 +10,7 @@ from llmdual.bench.engines import ENGINES
 from llmdual.bench.results import WORKLOAD_METRICS, WORKLOADS
 from llmdual.bench.units import metric_of, point_label, varying
 from llmdual.bench.verdict import MEMORY_METRICS
-from llmdual.io import atomic_write
+from llmdual.core.io import atomic_write
 
 # One colour per framework in every chart of every run; engines with a non-default setting (``jit_compile=True``,
 # ``torch.compile``) are hatched, so XLA and non-XLA Keras/TensorFlow stay apart.

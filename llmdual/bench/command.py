@@ -96,7 +96,7 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
     p.add_argument("--nanogpt", metavar="PATH", help="a nanoGPT checkout (or its model.py) for the nanogpt engine")
     p.add_argument("--data-parallel", type=int, default=None, metavar="N",
                    help="train workload only: tokens/s at 1 and N data-parallel workers per engine of "
-                        "llmdual.distributed.ENGINES (PyTorch DDP and FSDP2, Keras-JAX DataParallel in one process "
+                        "llmdual.parallel.launch.LAUNCHERS (PyTorch DDP and FSDP2, Keras-JAX DataParallel in one process "
                         "and across processes, Keras-TF MirroredStrategy and MultiWorkerMirroredStrategy) and the "
                         "scaling efficiency, after each engine's N-way vs 1-device parity check; --threads are shared")
     p.add_argument("--charts", action=argparse.BooleanOptionalAction, default=None,

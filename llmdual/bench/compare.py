@@ -13,8 +13,8 @@ from llmdual.bench import charts, env, expected, report, runner, verdict
 from llmdual.bench.engines import ENGINES, LLMDUAL_ENGINES, not_applicable, skip_reason
 from llmdual.bench.results import WORKLOADS, Record, append_jsonl, build_document, write_json
 from llmdual.bench.runner import CaseSpec
-from llmdual.config import PRESETS, Config
-from llmdual.distributed import usable_cores
+from llmdual.core.config import PRESETS, Config
+from llmdual.parallel.launch import usable_cores
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 DEVICES = ("auto", "cpu", "cuda")

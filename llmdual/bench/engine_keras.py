@@ -21,10 +21,10 @@ from llmdual.bench.engines import quantize_scalars
 from llmdual.bench.reference import build_keras_hub, checkpoint
 from llmdual.bench.timing import PROBE_SIZE, probe
 from llmdual.bench.workloads import Runtime
-from llmdual.config import Config
+from llmdual.core.config import Config
 from llmdual.contract import backend
 from llmdual.quantize import weight_bytes
-from llmdual.recipe import Batch, TrainConfig
+from llmdual.core.recipe import Batch, TrainConfig
 
 POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 

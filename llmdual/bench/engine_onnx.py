@@ -25,7 +25,7 @@ import onnxruntime as ort
 import llmdual
 from llmdual.bench.timing import PROBE_SIZE, probe
 from llmdual.bench.workloads import Runtime
-from llmdual.config import Config
+from llmdual.core.config import Config
 from llmdual.onnx.export import export_onnx
 from llmdual.onnx.runtime import OnnxDecoder, open_session
 

@@ -15,9 +15,9 @@ import numpy as np
 
 from llmdual.bench import reference
 from llmdual.bench.engine_torch import TorchRuntime
-from llmdual.config import Config
-from llmdual.recipe import Batch, TrainConfig
-from llmdual.weights import init_weights
+from llmdual.core.config import Config
+from llmdual.core.recipe import Batch, TrainConfig
+from llmdual.core.weights import init_weights
 
 
 class _TorchReference(TorchRuntime):

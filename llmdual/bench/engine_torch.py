@@ -22,10 +22,10 @@ import llmdual
 from llmdual.bench.engines import quantize_scalars
 from llmdual.bench.timing import PROBE_SIZE, probe
 from llmdual.bench.workloads import Runtime
-from llmdual.config import Config
+from llmdual.core.config import Config
 from llmdual.contract import backend
 from llmdual.quantize import weight_bytes
-from llmdual.recipe import Batch, TrainConfig
+from llmdual.core.recipe import Batch, TrainConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

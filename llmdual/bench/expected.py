@@ -20,8 +20,8 @@ import numpy as np
 
 from llmdual.bench.inputs import CHECK_STEPS, PRECISION, Inputs, train_config
 from llmdual.bench.timing import streamed
-from llmdual.config import Config
-from llmdual.io import atomic_write
+from llmdual.core.config import Config
+from llmdual.core.io import atomic_write
 
 # Largest accepted |difference| from the float32 expected outputs: absolute on logits, relative on training loss
 # and gradient norm. float32 engines agree to ~2e-6 on the small preset (other summation orders), so 1e-4 still

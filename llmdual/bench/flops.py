@@ -17,7 +17,7 @@ square matmul probe achieved inside a worker (:func:`matmul_flop_rate` turns its
 
 from __future__ import annotations
 
-from llmdual.config import Config
+from llmdual.core.config import Config
 
 # Dense peak throughput in TFLOP/s by precision, from NVIDIA's datasheets (their sparse figures halved).
 PEAK_TFLOPS: dict[str, dict[str, float]] = {

@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from llmdual.config import Config
-from llmdual.recipe import TrainConfig
+from llmdual.core.config import Config
+from llmdual.core.recipe import TrainConfig
 
 CHECK_STEPS = 2  # training steps compared with the expected outputs before timing (they count as warm-up)
 PRECISION = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}  # case dtype -> TrainConfig precision

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import save_file
 
-from llmdual.config import Config
-from llmdual.weights import check_weights, init_weights
+from llmdual.core.config import Config
+from llmdual.core.weights import check_weights, init_weights
 
 # nanoGPT's nn.Linear stores [out, in]; these canonical [in, out] matrices are transposed for it.
 _NANOGPT_TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")

@@ -12,8 +12,8 @@ from llmdual.bench.engines import is_quantized
 from llmdual.bench.results import WORKLOAD_METRICS, WORKLOADS, write_text
 from llmdual.bench.units import format_flops, format_value, metric_of, varying
 from llmdual.bench.verdict import MEMORY_METRICS, verdict
-from llmdual.config import Config
-from llmdual.report import table
+from llmdual.core.config import Config
+from llmdual.core.report import table
 
 
 def _numbers(settings: dict[str, Any]) -> list[Any]:

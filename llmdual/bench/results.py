@@ -17,8 +17,8 @@ from typing import Any
 
 from llmdual.bench import flops, stats
 from llmdual.bench.engines import framework_of
-from llmdual.config import Config
-from llmdual.io import atomic_write
+from llmdual.core.config import Config
+from llmdual.core.io import atomic_write
 
 SCHEMA = "llmdual.bench/2"
 STATUSES = ("ok", "failed", "crashed", "timeout", "skipped", "mismatch")

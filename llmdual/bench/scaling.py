@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from llmdual.config import Config
-from llmdual.distributed import ENGINES, PROCESS_ENGINES, engine_env, usable_cores
+from llmdual.core.config import Config
+from llmdual.parallel.launch import LAUNCHERS, PROCESS_LAUNCHERS, launcher_env, usable_cores
 from llmdual.parity import data_parallel as dp
 from llmdual.parity.core import ParityContext
 from llmdual.parity.training import compare_runs
@@ -33,13 +33,13 @@ def tokens_per_s(engine: str, world: int, config: Config, batch: int, seq_len: i
     out = folder / f"{engine}-{world}.npz"
     args = ["--engine", engine, "--world", str(world), "--steps", str(steps), "--config", config.to_json(),
             "--batch", str(batch), "--seq-len", str(seq_len), "--out", str(out)]
-    environ = {**engine_env(engine, world, threads), "OMP_WAIT_POLICY": "PASSIVE"}
+    environ = {**launcher_env(engine, world, threads), "OMP_WAIT_POLICY": "PASSIVE"}
     history, _ = dp.launch(engine, world, args, environ)
     return float(np.median(history.tokens_per_s[WARMUP_STEPS:]))
 
 
 def run(world: int, preset: str = "small", batch: int = 8, seq_len: int = 256, steps: int = 8,
-        threads: int | None = None, engines: tuple[str, ...] = tuple(ENGINES), out: str | Path = "bench-results",
+        threads: int | None = None, engines: tuple[str, ...] = tuple(LAUNCHERS), out: str | Path = "bench-results",
         log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Per engine: the parity check (tiny preset, N-way vs 1 device), then tokens/s at 1 and ``world`` workers
     on ``preset`` at ``batch`` x ``seq_len``; writes ``scaling.json`` to ``out`` and returns its rows."""
@@ -61,7 +61,7 @@ def run(world: int, preset: str = "small", batch: int = 8, seq_len: int = 256, s
                                    "parity_loss_rel": checks[0].max_rel, "parity_weights_abs": checks[1].max_abs}
             try:
                 for n in (1, world) if row["parity"] else ():
-                    single = PROCESS_ENGINES.get(engine, engine) if n == 1 else engine  # one rank: one process
+                    single = PROCESS_LAUNCHERS.get(engine, engine) if n == 1 else engine  # one rank: one process
                     if (single, n) not in timed:
                         log(f"{single}: timing {n} worker(s), {preset} {batch} x {seq_len}")
                         timed[single, n] = tokens_per_s(single, n, config, batch, seq_len, steps, threads, Path(tmp))

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from llmdual.bench.flops import matmul_flop_rate
-from llmdual.decoding import greedy
+from llmdual.core.decoding import greedy
 
 PROBE_SIZE = {"cpu": 1024, "cuda": 8192}  # square matmul side: ~2 GFLOP on a CPU, ~1 TFLOP on a GPU
 
@@ -49,7 +49,7 @@ class Generation:
 
 
 def streamed(decoder: Any, prompt: np.ndarray, new_tokens: int) -> Generation:
-    """Greedy decoding of ``new_tokens`` after an unpadded ``prompt`` (B, T) through an ``llmdual.decoding.Decoder``
+    """Greedy decoding of ``new_tokens`` after an unpadded ``prompt`` (B, T) through an ``llmdual.core.decoding.Decoder``
     one step at a time, as a server streams tokens, timing the prefill (to the first token) and each later step;
     numpy logits mean every reading follows done work."""
     B = len(prompt)
@@ -71,7 +71,7 @@ def streamed(decoder: Any, prompt: np.ndarray, new_tokens: int) -> Generation:
 
 
 def looped(decoder: Any, prompt: np.ndarray, new_tokens: int) -> tuple[np.ndarray, float]:
-    """Greedy tokens (B, new_tokens) after an unpadded ``prompt`` by ``llmdual.decoding.greedy`` (the engine's own
+    """Greedy tokens (B, new_tokens) after an unpadded ``prompt`` by ``llmdual.core.decoding.greedy`` (the engine's own
     loop where it has one), and the seconds they took."""
     started = time.perf_counter()
     tokens = greedy(decoder, prompt, np.ones_like(prompt), new_tokens)

@@ -11,7 +11,7 @@ from llmdual.bench import stats
 from llmdual.bench.engines import ENGINES, is_quantized, is_reference
 from llmdual.bench.results import WORKLOAD_METRICS, WORKLOADS
 from llmdual.bench.units import format_value, metric_of, point_label, varying
-from llmdual.config import Config
+from llmdual.core.config import Config
 
 MEMORY_METRICS = ("peak_device_mb", "peak_rss_mb")
 # The lead a win needs, by figure (headline, memory, warm-up): the ratio's 95% interval must clear it, not only 1.

@@ -18,7 +18,7 @@ from typing import Any
 
 from llmdual.bench.engines import ENGINES
 from llmdual.bench.results import Record
-from llmdual.io import atomic_write
+from llmdual.core.io import atomic_write
 
 
 def _failure(case: dict[str, Any], error: BaseException) -> Record:

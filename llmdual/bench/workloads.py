@@ -23,7 +23,7 @@ from llmdual.bench.env import peak_rss_mb
 from llmdual.bench.inputs import CHECK_STEPS, Inputs, train_config
 from llmdual.bench.results import Record
 from llmdual.bench.timing import looped, reset_peak_rss, streamed, time_calls
-from llmdual.recipe import Batch, TrainConfig
+from llmdual.core.recipe import Batch, TrainConfig
 
 TASKS = {"train": "lm", "infer": "lm", "generate": "lm", "classify": "classifier", "kv": "lm"}
 KV_REPEATS = 8  # a single decoding step is cheap: more repeats for the same noise
@@ -55,7 +55,7 @@ class Runtime:
         raise NotImplementedError
 
     def decoder(self, use_cache: bool = True) -> Any:
-        """An ``llmdual.decoding.Decoder`` over the model."""
+        """An ``llmdual.core.decoding.Decoder`` over the model."""
         raise NotImplementedError
 
     def generate(self, prompt: np.ndarray, new_tokens: int) -> np.ndarray:

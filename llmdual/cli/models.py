@@ -28,8 +28,8 @@ def generate(args: argparse.Namespace) -> int:
 def _lm_data(checkpoint: Path, tokenizer, args: argparse.Namespace, config) -> object:
     import numpy as np
 
-    from llmdual.corpus import default_corpus_files
-    from llmdual.data import LMDataset, token_stream
+    from llmdual.core.corpus import default_corpus_files
+    from llmdual.core.data import LMDataset, token_stream
 
     every = default_corpus_files()
     sources = [every[i] for i in np.random.default_rng(args.seed).permutation(len(every))[: args.files]]
@@ -39,7 +39,7 @@ def _lm_data(checkpoint: Path, tokenizer, args: argparse.Namespace, config) -> o
 
 def evaluate(args: argparse.Namespace) -> int:
     import llmdual
-    from llmdual.tokenizer import Tokenizer
+    from llmdual.core.tokenizer import Tokenizer
 
     path = tokenizer_path(args.checkpoint, args.tokenizer)
     if path is None:

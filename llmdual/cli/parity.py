@@ -44,7 +44,7 @@ def checkpoint_report(path: Path, seed: int, checks: list):
 
 
 def run(args: argparse.Namespace) -> int:
-    from llmdual.config import Config
+    from llmdual.core.config import Config
     from llmdual.parity import checks_for
     from llmdual.parity import run as run_parity
 
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add(sub: argparse._SubParsersAction) -> None:
-    from llmdual.config import PRESETS
+    from llmdual.core.config import PRESETS
     from llmdual.parity import GROUPS
 
     p = sub.add_parser("parity", help="check that the PyTorch and Keras backends compute the same numbers",

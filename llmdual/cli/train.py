@@ -15,8 +15,8 @@ from llmdual.cli.common import CliError, existing_file, key_value, sibling
 
 def resolve(args: argparse.Namespace) -> dict[str, Any]:
     """``{"model": Config dict, "train": TrainConfig dict, "data": ..., "backend": ...}`` after overrides."""
-    from llmdual.config import Config
-    from llmdual.recipe import TrainConfig
+    from llmdual.core.config import Config
+    from llmdual.core.recipe import TrainConfig
 
     model: dict[str, Any] = {}
     train: dict[str, Any] = {"steps": 100, "batch_size": 8, "lr": 1e-3}
@@ -57,7 +57,7 @@ def launch(args: argparse.Namespace, resolved: dict[str, Any]) -> int:
     ranks under torchrun's launcher (the resolved settings passed on as its ``--config``)."""
     import tempfile
 
-    from llmdual.distributed import run_launched, usable_cores
+    from llmdual.parallel.launch import run_launched, usable_cores
 
     world = resolved["train"]["data_parallel"]
     with tempfile.TemporaryDirectory(prefix="llmdual-train-") as tmp:
@@ -71,9 +71,10 @@ def launch(args: argparse.Namespace, resolved: dict[str, Any]) -> int:
 def run(args: argparse.Namespace) -> int:
     import llmdual
     from llmdual.contract import backend
-    from llmdual.corpus import stdlib_lm_data
-    from llmdual.distributed import engine_env, rank_and_world
-    from llmdual.tokenizer import MIN_VOCAB
+    from llmdual.core.corpus import stdlib_lm_data
+    from llmdual.core.shard import rank_and_world
+    from llmdual.parallel.launch import launcher_env
+    from llmdual.core.tokenizer import MIN_VOCAB
 
     resolved = resolve(args)
     world = resolved["train"]["data_parallel"]
@@ -81,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         return launch(args, resolved)
     if world > 1 and args.backend == "keras" and os.environ.get("KERAS_BACKEND") == "jax":
         processes = "KERAS_DISTRIBUTION_NUM_PROCESSES" in os.environ  # one process per rank, else N CPU devices
-        env = engine_env("keras-jax-multiprocess" if processes else "keras-jax", world)
+        env = launcher_env("keras-jax-multiprocess" if processes else "keras-jax", world)
         os.environ.update(XLA_FLAGS=env["XLA_FLAGS"], PJRT_NPROC=env["PJRT_NPROC"])  # read when JAX starts
     config = llmdual.Config.from_dict(resolved["model"])
     if config.vocab_size < MIN_VOCAB:
@@ -107,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add(sub: argparse._SubParsersAction) -> None:
-    from llmdual.config import PRESETS
+    from llmdual.core.config import PRESETS
 
     p = sub.add_parser("train", help="train an LM on the built-in corpus into a model file",
                        description="Train an LM on the Python standard library's source. Writes the model file, "

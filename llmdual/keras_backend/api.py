@@ -8,11 +8,11 @@ import keras
 import numpy as np
 from keras import ops
 
-from llmdual.config import Config
+from llmdual.core.config import Config
 from llmdual.keras_backend.model import GPT, Classifier, cross_entropy
 from llmdual.keras_backend.weights import stored_transposed, variable
-from llmdual.validate import check_inputs, check_labels, index_array
-from llmdual.weights import trainable_shapes
+from llmdual.core.validate import check_inputs, check_labels, index_array
+from llmdual.core.weights import trainable_shapes
 
 NAME = "keras"
 MODELS = {"lm": GPT, "classifier": Classifier}

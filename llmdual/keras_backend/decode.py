@@ -1,6 +1,6 @@
-"""Decoding steps for a Keras GPT behind ``llmdual.decoding.Decoder``. Mirrors ``llmdual/torch_backend/decode.py``.
+"""Decoding steps for a Keras GPT behind ``llmdual.core.decoding.Decoder``. Mirrors ``llmdual/torch_backend/decode.py``.
 
-Numpy in, numpy out, over a static KV cache (``llmdual.decoding.StaticDecoder``): per-layer buffers allocated
+Numpy in, numpy out, over a static KV cache (``llmdual.core.decoding.StaticDecoder``): per-layer buffers allocated
 once and updated by ``ops.slice_update`` in ``forward_static``. Compiled per Keras backend: on TensorFlow one
 ``tf.function`` graph (XLA with ``compile``), on JAX ``jax.jit`` over the model's variables passed as state;
 both compile once per input shape, so the step once per (batch, cache length). On torch the layers run eagerly.
@@ -16,8 +16,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from llmdual.decoding import StaticDecoder
-from llmdual.validate import index_array
+from llmdual.core.decoding import StaticDecoder
+from llmdual.core.validate import index_array
 
 
 class Decoder(StaticDecoder):

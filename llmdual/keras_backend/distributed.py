@@ -3,7 +3,7 @@
 every process ``KERAS_DISTRIBUTION_*`` joins through ``jax.distributed``), ``tf.distribute.MirroredStrategy``
 on TensorFlow (one replica per device; ``MultiWorkerMirroredStrategy`` when ``TF_CONFIG`` names a cluster). Keras
 on the torch backend has none. Mirrors ``llmdual/torch_backend/distributed.py``; the shard plan is
-``llmdual.distributed``'s.
+``llmdual.core.shard``'s.
 """
 
 from __future__ import annotations
@@ -15,8 +15,20 @@ from collections.abc import Iterator
 
 import keras
 
-from llmdual.distributed import KERAS_TORCH_REASON, check_launched, rank_major
-from llmdual.recipe import Batch, TrainConfig
+from llmdual.core.shard import check_launched, rank_major
+from llmdual.core.recipe import Batch, TrainConfig
+
+# Keras on the torch backend has no data parallelism of its own: keras/src/backend/__init__.py sets
+# distribution_lib = None for it (Keras 3.15), so keras.distribution cannot place anything there.
+KERAS_TORCH_REASON = ("Keras on the torch backend has no data parallelism: keras.distribution has no torch "
+                      "implementation (Keras sets backend.distribution_lib = None for torch), and Keras' fit does not "
+                      "wrap the model in DistributedDataParallel")
+
+
+def _how(data_parallel: int) -> str:
+    """How to launch a Keras run of ``data_parallel`` replicas."""
+    return (f"build and train inside llmdual.keras_backend.distributed.scope({data_parallel}) (llmdual train does "
+            f"this)")
 
 
 @contextlib.contextmanager
@@ -64,7 +76,7 @@ def _strategy(data_parallel: int):
 
     if os.environ.get("TF_CONFIG"):
         workers = len(json.loads(os.environ["TF_CONFIG"])["cluster"]["worker"])
-        check_launched(data_parallel, workers, "keras")
+        check_launched(data_parallel, workers, "keras", _how(data_parallel))
         return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
@@ -93,13 +105,13 @@ def rank_and_world(cfg: TrainConfig) -> tuple[int, int]:
 
         distribution = keras.distribution.distribution()
         world = len(distribution.device_mesh.devices.reshape(-1)) if distribution is not None else 1
-        check_launched(cfg.data_parallel, world, "keras")
+        check_launched(cfg.data_parallel, world, "keras", _how(cfg.data_parallel))
         return jax.process_index(), world
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
         strategy = tf.distribute.get_strategy()
-        check_launched(cfg.data_parallel, strategy.num_replicas_in_sync, "keras")
+        check_launched(cfg.data_parallel, strategy.num_replicas_in_sync, "keras", _how(cfg.data_parallel))
         resolver = getattr(strategy, "cluster_resolver", None)
         return int(getattr(resolver, "task_id", 0) or 0), strategy.num_replicas_in_sync
     raise ValueError(f"data_parallel={cfg.data_parallel}: {KERAS_TORCH_REASON}")

@@ -17,7 +17,7 @@ from keras import ops
 from llmdual.keras_backend.api import forward
 
 if TYPE_CHECKING:
-    from llmdual.signature import Signature
+    from llmdual.core.signature import Signature
 
 OPSETS = range(11, 19)  # tf2onnx 1.17 converts this model's ops from opset 11 (StridedSlice) up to 18, its newest
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import keras
 
 if TYPE_CHECKING:
-    from llmdual.lora import LoraSpec
+    from llmdual.core.lora_spec import LoraSpec
 
 
 def projections(model: keras.Model, spec: LoraSpec) -> list[keras.layers.Dense]:

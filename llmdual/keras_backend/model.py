@@ -10,8 +10,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from llmdual import validate
-from llmdual.config import Config
+from llmdual.core import validate
+from llmdual.core.config import Config
 
 NEG_INF = -1e9  # finite "minus infinity": exp() underflows to exactly 0 in fp32, like -inf, without NaN risk
 
@@ -98,7 +98,7 @@ class Transformer(keras.Model):
     """Embeddings, the stack of blocks and the final norm shared by the LM and the classifier."""
 
     causal = True
-    lora = None  # the model's llmdual.lora.LoraSpec once it has adapters (see lora.py)
+    lora = None  # the model's llmdual.core.lora_spec.LoraSpec once it has adapters (see lora.py)
 
     def __init__(self, config: Config | dict, **kwargs):
         super().__init__(**kwargs)
@@ -123,7 +123,7 @@ class Transformer(keras.Model):
         return {**super().get_config(), "config": self.config.to_dict()}
 
     def check_inputs(self, input_ids, attention_mask=None, past=None, position_ids=None) -> None:
-        """Refuse bad ids, mask or length with ``llmdual.validate`` (eager only: traced values are unknown)."""
+        """Refuse bad ids, mask or length with ``llmdual.core.validate`` (eager only: traced values are unknown)."""
         ids = _concrete(input_ids)
         if ids is not None:
             past_len = 0 if past is None else int(ops.shape(past[0][0])[2])

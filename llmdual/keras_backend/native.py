@@ -19,7 +19,7 @@ import tensorflow as tf
 from llmdual.keras_backend.export import outputs
 
 if TYPE_CHECKING:
-    from llmdual.signature import Signature
+    from llmdual.core.signature import Signature
 
 FORMATS = ("saved-model", "litert")
 META_FILE = "llmdual.json"  # the export's metadata, beside saved_model.pb or model.tflite in the folder

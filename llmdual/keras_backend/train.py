@@ -15,15 +15,15 @@ import keras
 import numpy as np
 from keras import ops
 
-from llmdual.distributed import fail_if_asked, shard_weights
-from llmdual.distributed import rank_and_world as launcher_rank_and_world
+from llmdual.core.shard import fail_if_asked, shard_weights
+from llmdual.core.shard import rank_and_world as launcher_rank_and_world
 from llmdual.keras_backend import distributed
 from llmdual.keras_backend.api import value_and_grad
 from llmdual.keras_backend.model import cross_entropy
 from llmdual.keras_backend.weights import stored_transposed, variable
-from llmdual.recipe import Batch, BatchFn, History, TrainConfig, check_batch, lr_at
+from llmdual.core.recipe import Batch, BatchFn, History, TrainConfig, check_batch, lr_at
 from llmdual.training import Monitor, check_moments, restore_run_state
-from llmdual.weights import trainable_shapes
+from llmdual.core.weights import trainable_shapes
 
 
 def parameters(model: keras.Model) -> dict[str, keras.Variable]:

@@ -1,4 +1,4 @@
-"""The one place where Keras variables convert to and from canonical weights (see ``llmdual.weights``)."""
+"""The one place where Keras variables convert to and from canonical weights (see ``llmdual.core.weights``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from llmdual.weights import canonical_shapes, check_weights
+from llmdual.core.weights import canonical_shapes, check_weights
 
 # Canonical leaf name -> Keras variable attribute, per layer type.
 _LEAVES = {

@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 
 from llmdual.contract import backend, backend_name, backend_of
-from llmdual.io import atomic_write, atomic_write_dir
-from llmdual.report import table
-from llmdual.signature import Shape, VerificationError, check_outputs, default_shapes, make_feeds, signature
+from llmdual.core.io import atomic_write, atomic_write_dir
+from llmdual.core.report import table
+from llmdual.core.signature import Shape, VerificationError, check_outputs, default_shapes, make_feeds, signature
 
 # format -> (backend that writes it, what it is on disk)
 FORMATS: dict[str, tuple[str, str]] = {
@@ -135,7 +135,7 @@ def export_native(
     rtol: float = 1e-5,
 ) -> NativeResult:
     """Export an llmdual model to its backend's ``format`` at ``path`` with dynamic batch and sequence axes, and
-    verify it before keeping it. Inputs and outputs are ONNX's (``llmdual.signature``); ``kv_cache=True`` exports
+    verify it before keeping it. Inputs and outputs are ONNX's (``llmdual.core.signature``); ``kv_cache=True`` exports
     the LM decoder step with its cache. ``shape`` is the (batch, sequence) traced at. The export appears only once
     it reloads in a fresh process and matches the native model at other shapes; on any failure nothing is left."""
     format = check_format(model, format, kv_cache)
@@ -146,7 +146,7 @@ def export_native(
     traced = (B, T, min(3, config.max_seq_len - T) if kv_cache else 0)
     metadata = {
         "llmdual.backend": name, "llmdual.format": format, "llmdual.task": model.task,
-        "llmdual.kv_cache": str(int(kv_cache)), "llmdual.config": config.to_json(),
+        "llmdual.kv_cache": str(int(kv_cache)), "llmdual.core.config": config.to_json(),
         "llmdual.inputs": ",".join(sig.inputs), "llmdual.outputs": ",".join(sig.outputs),
     }
     seconds: dict[str, float] = {}

@@ -1,5 +1,5 @@
 """Native exports at work in this process: ``load`` one (``Artefact``), its logits, and ``NativeDecoder``, the
-``llmdual.decoding.Decoder`` that lets ``llmdual.generate`` decode through it, as ``OnnxDecoder`` does for ONNX."""
+``llmdual.core.decoding.Decoder`` that lets ``llmdual.generate`` decode through it, as ``OnnxDecoder`` does for ONNX."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from llmdual.config import Config
+from llmdual.core.config import Config
 from llmdual.contract import backend
-from llmdual.decoding import StepDecoder, padded_positions
+from llmdual.core.decoding import StepDecoder, padded_positions
 from llmdual.native.export import FORMATS
-from llmdual.signature import step_feeds
-from llmdual.validate import check_inputs
+from llmdual.core.signature import step_feeds
+from llmdual.core.validate import check_inputs
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ def load(path: str | os.PathLike, format: str) -> Artefact:
     run, meta = backend(FORMATS[format][0]).load_native(os.fspath(path), format)
     if meta.get("llmdual.format") != format:
         raise ValueError(f"{path} is not an llmdual {format} export (it says {meta.get('llmdual.format')!r})")
-    return Artefact(os.fspath(path), format, Config.from_json(meta["llmdual.config"]), meta["llmdual.task"],
+    return Artefact(os.fspath(path), format, Config.from_json(meta["llmdual.core.config"]), meta["llmdual.task"],
                     meta["llmdual.backend"], meta["llmdual.kv_cache"] == "1", run)
 
 
@@ -70,7 +70,7 @@ def _positions(input_ids: np.ndarray, attention_mask: np.ndarray | None) -> np.n
 
 
 class NativeDecoder(StepDecoder):
-    """``llmdual.decoding.Decoder`` over a loaded LM export: a KV-cache export feeds its cache back step by step
+    """``llmdual.core.decoding.Decoder`` over a loaded LM export: a KV-cache export feeds its cache back step by step
     (or, with ``use_cache=False``, recomputes from an empty one); a plain export recomputes the whole prefix
     every step, and takes unpadded prompts only (it has no attention_mask input)."""
 

@@ -1,7 +1,7 @@
 """ONNX export of llmdual models from either backend, verified against the native model before it is kept.
 
 This layer is framework-free: the checks (``onnx.checker``, then onnxruntime vs the native model at shapes the
-exporter never saw, on the interface and inputs of ``llmdual.signature``), int8 quantization and the result
+exporter never saw, on the interface and inputs of ``llmdual.core.signature``), int8 quantization and the result
 tables. The backend parts (``llmdual/torch_backend/export.py``,
 ``llmdual/keras_backend/export.py``) only turn a model into an ``onnx.ModelProto`` and run the native reference;
 they are imported on first use.
@@ -22,9 +22,9 @@ import numpy as np
 import onnx
 
 from llmdual.contract import backend_name, backend_of
-from llmdual.io import atomic_write
+from llmdual.core.io import atomic_write
 from llmdual.onnx.runtime import export_info, open_session
-from llmdual.signature import (
+from llmdual.core.signature import (
     Axes,
     Shape,
     Signature,
@@ -181,7 +181,7 @@ def export_onnx(
         "llmdual.backend": name,
         "llmdual.task": model.task,
         "llmdual.kv_cache": str(int(kv_cache)),
-        "llmdual.config": config.to_json(),
+        "llmdual.core.config": config.to_json(),
     })
     export_seconds = time.perf_counter() - start
     if _opset_of(proto) != opset:
@@ -221,4 +221,4 @@ def summary_table(results: Sequence[ExportResult], markdown: bool = True) -> str
 
 
 
-from llmdual.report import table  # noqa: E402
+from llmdual.core.report import table  # noqa: E402

@@ -1,5 +1,5 @@
 """Running llmdual ONNX exports with onnxruntime, framework-free: sessions, logits, metrics, timing, and
-``OnnxDecoder``, the ``llmdual.decoding.Decoder`` that lets ``llmdual.generate`` decode through a session."""
+``OnnxDecoder``, the ``llmdual.core.decoding.Decoder`` that lets ``llmdual.generate`` decode through a session."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
-from llmdual.config import Config
-from llmdual.decoding import StepDecoder, padded_positions
+from llmdual.core.config import Config
+from llmdual.core.decoding import StepDecoder, padded_positions
 from llmdual.evaluate import cross_entropy_sum
-from llmdual.signature import step_feeds
-from llmdual.validate import check_inputs
+from llmdual.core.signature import step_feeds
+from llmdual.core.validate import check_inputs
 
 
 def open_session(path: str | os.PathLike, threads: int | None = None) -> ort.InferenceSession:
@@ -40,17 +40,17 @@ class ExportInfo:
 def export_info(session: ort.InferenceSession) -> ExportInfo:
     """Config, task, source backend and kind of an llmdual export; ``ValueError`` for a foreign ONNX file."""
     meta = session.get_modelmeta().custom_metadata_map
-    if "llmdual.config" not in meta:
-        raise ValueError("not an llmdual ONNX export: no 'llmdual.config' metadata (export it with "
+    if "llmdual.core.config" not in meta:
+        raise ValueError("not an llmdual ONNX export: no 'llmdual.core.config' metadata (export it with "
                          "llmdual.onnx.export.export_onnx)")
     kv_cache = any(i.name.startswith("past.") for i in session.get_inputs())
-    return ExportInfo(Config.from_json(meta["llmdual.config"]), meta["llmdual.task"], meta["llmdual.backend"], kv_cache)
+    return ExportInfo(Config.from_json(meta["llmdual.core.config"]), meta["llmdual.task"], meta["llmdual.backend"], kv_cache)
 
 
 def cache_feeds(
     info: ExportInfo, input_ids: np.ndarray, attention_mask: np.ndarray, past: list[np.ndarray] | None
 ) -> dict[str, np.ndarray]:
-    """Inputs of a KV-cache export (``llmdual.signature.step_feeds`` for the export's config)."""
+    """Inputs of a KV-cache export (``llmdual.core.signature.step_feeds`` for the export's config)."""
     return step_feeds(info.config, input_ids, attention_mask, past)
 
 
@@ -58,7 +58,7 @@ def logits(
     session: ort.InferenceSession, input_ids: np.ndarray, attention_mask: np.ndarray | None = None
 ) -> np.ndarray:
     """Float32 logits of a full forward pass through any llmdual export (a cache export runs with an empty past);
-    the inputs pass ``llmdual.validate`` first, as they would in either native backend."""
+    the inputs pass ``llmdual.core.validate`` first, as they would in either native backend."""
     info = export_info(session)
     positions = _mask_positions(input_ids, attention_mask) if info.kv_cache else None  # a cache export's rule
     check_inputs(input_ids, info.config, attention_mask, 0, positions)
@@ -122,7 +122,7 @@ def throughput(run: Callable[[], object], tokens: int, repeats: int = 5, warmup:
 
 
 class OnnxDecoder(StepDecoder):
-    """``llmdual.decoding.Decoder`` over a session of an llmdual LM export: a KV-cache export feeds its cache
+    """``llmdual.core.decoding.Decoder`` over a session of an llmdual LM export: a KV-cache export feeds its cache
     back step by step (or, with ``use_cache=False``, recomputes from an empty one); a plain export recomputes
     the whole prefix every step, and takes unpadded prompts only (it has no attention_mask input)."""
 
@@ -136,7 +136,7 @@ class OnnxDecoder(StepDecoder):
 
     def _run(self, ids: np.ndarray, mask: np.ndarray, past: list[np.ndarray] | None) -> tuple[np.ndarray, object]:
         """One session call: the cache export with ``past`` (None: empty), or a full pass of the plain one; the
-        inputs pass ``llmdual.validate`` first, with the same arguments as the native decoders'."""
+        inputs pass ``llmdual.core.validate`` first, with the same arguments as the native decoders'."""
         past_len = 0 if past is None else past[0].shape[2]
         check_inputs(ids, self.info.config, mask, past_len, _mask_positions(ids, mask))
         if not self.use_cache:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from llmdual.config import Config
+from llmdual.core.config import Config
 from llmdual.parity import data_parallel, lora, model, training
 from llmdual.parity.core import Check, ParityContext, ParityReport, first_divergence
 

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from llmdual.config import PRESETS, Config
+from llmdual.core.config import PRESETS, Config
 from llmdual.parity import GROUPS, checks_for, run
 
 

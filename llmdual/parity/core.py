@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from llmdual.api import build
-from llmdual.config import Config
+from llmdual.core.config import Config
 from llmdual.contract import backend
 
 # Tolerances, fp32 on CPU. Different kernels (oneDNN matmuls, fused vs. composed softmax and layer norm)

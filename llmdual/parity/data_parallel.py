@@ -2,7 +2,7 @@
 frameworks, with gradient accumulation, and resumed across data-parallel degree and backend.
 
 Every run is a fresh process (Keras' backend and JAX's device count are fixed per process), launched as its engine
-needs it (``llmdual.distributed.run_launched``: torchrun for PyTorch, one process per rank for the multi-process Keras
+needs it (``llmdual.parallel.launch.run_launched``: torchrun for PyTorch, one process per rank for the multi-process Keras
 engines) running ``llmdual.parity.rank``, which trains the LM (or classifier) on ``llmdual.parity.training``'s
 seeded batches and writes rank 0's history and final weights.
 """
@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from llmdual.distributed import ENGINES, PROCESS_ENGINES, run_launched
+from llmdual.parallel.launch import LAUNCHERS, PROCESS_LAUNCHERS, run_launched
 from llmdual.parity.core import Check, ParityContext
 from llmdual.parity.training import compare_runs
-from llmdual.recipe import History
+from llmdual.core.recipe import History
 from llmdual.training import run_state_prefix
 
 # Per-step loss, N-way vs one device (and across the engines), relative: an all-reduce sums the ranks' gradients
@@ -30,10 +30,10 @@ WORLD = 2
 STEPS = 20
 BATCH = 4
 TIMEOUT_S = 600.0
-ACCUMULATING = tuple(ENGINES)  # the engines checked with gradient accumulation
+ACCUMULATING = tuple(LAUNCHERS)  # the engines checked with gradient accumulation
 # The engine whose one-rank run each engine's is: a one-process-per-rank Keras engine's one-process engine; FSDP2's
 # wrap leaves one rank's model as it is, as DDP's does
-ONE_RANK = {**PROCESS_ENGINES, "torch-fsdp": "torch-ddp"}
+ONE_RANK = {**PROCESS_LAUNCHERS, "torch-fsdp": "torch-ddp"}
 
 Run = tuple[History, dict[str, np.ndarray]]
 
@@ -95,7 +95,7 @@ def check_engines(ctx: ParityContext) -> list[Check]:
     if ctx.task != "lm":
         return []
     shared, checks = runs(ctx), []
-    for engine in ENGINES:
+    for engine in LAUNCHERS:
         checks += compare_runs(f"{engine} {WORLD}-way vs 1 device", shared.get(engine, 1), shared.get(engine, WORLD),
                                LOSS_RTOL)
     return checks
@@ -107,7 +107,7 @@ def check_across_frameworks(ctx: ParityContext) -> list[Check]:
         return []
     shared, checks = runs(ctx), []
     reference = shared.get("torch-ddp", WORLD)
-    for engine in [e for e in ENGINES if e != "torch-ddp"]:
+    for engine in [e for e in LAUNCHERS if e != "torch-ddp"]:
         checks += compare_runs(f"torch-ddp vs {engine}, {WORLD}-way", reference, shared.get(engine, WORLD), LOSS_RTOL)
     return checks
 

@@ -12,7 +12,7 @@ import numpy as np
 from llmdual.api import build, forward, load, save
 from llmdual.contract import backend
 from llmdual.parity.core import BACKENDS, GRAD_RTOL, LOGITS_ATOL, LOSS_RTOL, Check, ParityContext, compare
-from llmdual.weights import from_hf_gpt2, init_weights
+from llmdual.core.weights import from_hf_gpt2, init_weights
 
 
 def check_weights_identical(ctx: ParityContext) -> list[Check]:

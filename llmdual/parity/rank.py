@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from llmdual.api import build, get_weights
-from llmdual.config import Config
+from llmdual.core.config import Config
 from llmdual.contract import backend
-from llmdual.distributed import ENGINES, rank_and_world
+from llmdual.core.shard import rank_and_world
+from llmdual.parallel.launch import LAUNCHERS
 from llmdual.parity.core import ParityContext
 from llmdual.parity.data_parallel import BATCH, STEPS
 from llmdual.parity.training import batches, train_config
@@ -25,7 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """One rank of a parity run: train the config's ``--task`` model (dropout 0) on the seeded batches inside the
     engine's data-parallel scope; rank 0 writes ``--out`` (history and final weights)."""
     p = argparse.ArgumentParser(prog="python -m llmdual.parity.rank")
-    p.add_argument("--engine", choices=sorted(ENGINES), required=True)
+    p.add_argument("--engine", choices=sorted(LAUNCHERS), required=True)
     p.add_argument("--world", type=int, default=1)
     p.add_argument("--grad-accum", type=int, default=1)
     p.add_argument("--steps", type=int, default=STEPS)
@@ -38,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seq-len", type=int, help="tokens per row (default: the context, at most 32)")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
-    name = ENGINES[args.engine][0]
+    name = LAUNCHERS[args.engine][0]
     ctx = ParityContext(Config.from_json(args.config), args.task, args.seed, seq_len=args.seq_len)
     cfg = train_config(steps=args.steps, batch_size=args.batch, grad_accum=args.grad_accum, data_parallel=args.world,
                        checkpoint_dir=args.checkpoint_dir, checkpoint_interval=max(1, args.steps // 2))

@@ -19,7 +19,7 @@ import numpy as np
 from llmdual.api import build, get_weights
 from llmdual.generate import generate
 from llmdual.parity.core import BACKENDS, Check, ParityContext
-from llmdual.recipe import Batch, BatchFn, History, TrainConfig
+from llmdual.core.recipe import Batch, BatchFn, History, TrainConfig
 from llmdual.training import run_state_prefix, train
 
 # Per-step loss, torch vs Keras, relative: kernels round differently (~1e-7 per op) and AdamW's normalised

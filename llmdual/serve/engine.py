@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmdual.config import Config
-from llmdual.tokenizer import Tokenizer
+from llmdual.core.config import Config
+from llmdual.core.tokenizer import Tokenizer
 
 ENGINES = ("torch", "keras", "onnx")
 

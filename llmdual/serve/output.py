@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from llmdual.tokenizer import Tokenizer
+from llmdual.core.tokenizer import Tokenizer
 
 
 class Completion:

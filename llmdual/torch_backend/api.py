@@ -6,11 +6,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from llmdual.config import Config
+from llmdual.core.config import Config
 from llmdual.torch_backend.model import GPT, Classifier, cross_entropy
 from llmdual.torch_backend.weights import stored_transposed
-from llmdual.validate import check_labels, index_array
-from llmdual.weights import trainable_shapes
+from llmdual.core.validate import check_labels, index_array
+from llmdual.core.weights import trainable_shapes
 
 NAME = "torch"
 MODELS = {"lm": GPT, "classifier": Classifier}

@@ -1,6 +1,6 @@
-"""Decoding steps for a PyTorch GPT behind ``llmdual.decoding.Decoder``. Mirrors ``llmdual/keras_backend/decode.py``.
+"""Decoding steps for a PyTorch GPT behind ``llmdual.core.decoding.Decoder``. Mirrors ``llmdual/keras_backend/decode.py``.
 
-Numpy in, numpy out, over a static KV cache (``llmdual.decoding.StaticDecoder``): per-layer buffers allocated
+Numpy in, numpy out, over a static KV cache (``llmdual.core.decoding.StaticDecoder``): per-layer buffers allocated
 once and written in place by ``index_copy_`` in ``forward_static``. With ``compile`` the one-token step runs under
 ``torch.compile``, compiled once per (batch, cache length); CUDA graphs (``mode="reduce-overhead"``) on a GPU.
 The prefill, once per generation and of any prompt length, runs eagerly. A greedy generation loops over the
@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from llmdual.decoding import StaticDecoder
+from llmdual.core.decoding import StaticDecoder
 from llmdual.torch_backend.model import KVCache
-from llmdual.validate import index_array
+from llmdual.core.validate import index_array
 
 
 class Decoder(StaticDecoder):

@@ -1,7 +1,7 @@
 """PyTorch data parallelism on its own engine: ``torch.distributed``, one process per rank as ``torchrun`` launches
 them (gloo on CPU, nccl with one GPU per rank), with ``DistributedDataParallel`` or, when ``LLMDUAL_TORCH_DP=fsdp``,
 FSDP2 (``fully_shard``). Mirrors
-``llmdual/keras_backend/distributed.py``; the shard plan is ``llmdual.distributed``'s.
+``llmdual/keras_backend/distributed.py``; the shard plan is ``llmdual.core.shard``'s.
 """
 
 from __future__ import annotations
@@ -17,9 +17,15 @@ from torch import nn
 from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
-from llmdual.distributed import TORCH_DP, TORCH_DP_MODES, check_launched, shard
-from llmdual.distributed import rank_and_world as launcher_rank_and_world
-from llmdual.recipe import Batch, TrainConfig
+from llmdual.core.shard import TORCH_DP, TORCH_DP_MODES, check_launched, shard
+from llmdual.core.shard import rank_and_world as launcher_rank_and_world
+from llmdual.core.recipe import Batch, TrainConfig
+
+
+def _how(data_parallel: int) -> str:
+    """How to launch a PyTorch run of ``data_parallel`` ranks."""
+    return (f"torchrun --nproc-per-node {data_parallel} -m llmdual train --backend torch --set "
+            f"data_parallel={data_parallel} ... (or llmdual train alone, which launches torchrun)")
 
 
 @contextlib.contextmanager
@@ -31,7 +37,7 @@ def scope(data_parallel: int) -> Iterator[None]:
         yield
         return
     _, world = launcher_rank_and_world()
-    check_launched(data_parallel, world, "torch")
+    check_launched(data_parallel, world, "torch", _how(data_parallel))
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
@@ -48,7 +54,7 @@ def rank_and_world(cfg: TrainConfig) -> tuple[int, int]:
     if cfg.data_parallel == 1:
         return 0, 1
     world = dist.get_world_size() if dist.is_initialized() else 1
-    check_launched(cfg.data_parallel, world, "torch")
+    check_launched(cfg.data_parallel, world, "torch", _how(cfg.data_parallel))
     return dist.get_rank(), world
 
 
@@ -75,7 +81,7 @@ def wrap(model: nn.Module, world: int) -> nn.Module:
 
 def local_batch(batch: Batch, cfg: TrainConfig) -> Batch:
     """The rows of a step's batch this process feeds its engine: this rank's shard of every micro-batch, in
-    micro-batch order (``llmdual.distributed.shard``)."""
+    micro-batch order (``llmdual.core.shard.shard``)."""
     rank, world = rank_and_world(cfg)
     return shard(batch, rank, world, cfg.grad_accum)
 

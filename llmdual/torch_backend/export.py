@@ -15,7 +15,7 @@ from torch import nn
 from llmdual.torch_backend.api import forward
 
 if TYPE_CHECKING:
-    from llmdual.signature import Signature
+    from llmdual.core.signature import Signature
 
 OPSETS = range(18, 25)  # the dynamo exporter translates to opset 18 and newer (asked for less, it keeps 18)
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from llmdual.lora import LoraSpec
+    from llmdual.core.lora_spec import LoraSpec
 
 
 class LoraLinear(nn.Linear):

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmdual import validate
-from llmdual.config import Config
+from llmdual.core import validate
+from llmdual.core.config import Config
 
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -89,7 +89,7 @@ class Transformer(nn.Module):
     """Embeddings, the stack of blocks and the final norm shared by the LM and the classifier."""
 
     causal = True
-    lora = None  # the model's llmdual.lora.LoraSpec once it has adapters (see lora.py)
+    lora = None  # the model's llmdual.core.lora_spec.LoraSpec once it has adapters (see lora.py)
 
     def __init__(self, config: Config):
         super().__init__()
@@ -101,7 +101,7 @@ class Transformer(nn.Module):
         self.ln_f = nn.LayerNorm(config.d_model, eps=config.norm_eps)
 
     def check_inputs(self, input_ids, attention_mask=None, past=None, position_ids=None) -> None:
-        """Refuse bad ids, mask or length with ``llmdual.validate`` (eager only: traced values are unknown)."""
+        """Refuse bad ids, mask or length with ``llmdual.core.validate`` (eager only: traced values are unknown)."""
         if _is_eager():
             past_len = 0 if past is None else past[0][0].shape[2]
             validate.check_inputs(_numpy(input_ids), self.config, _numpy(attention_mask), past_len, _numpy(position_ids))

@@ -18,7 +18,7 @@ from torch import nn
 from llmdual.torch_backend.export import Graph
 
 if TYPE_CHECKING:
-    from llmdual.signature import Signature
+    from llmdual.core.signature import Signature
 
 FORMATS = ("torch-export", "aoti")
 META_FILE = "llmdual.json"  # the export's metadata: an extra file of the program, AOTInductor's own metadata

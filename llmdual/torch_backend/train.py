@@ -17,13 +17,13 @@ from torch import nn
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-from llmdual.distributed import fail_if_asked, shard_weights
-from llmdual.recipe import Batch, BatchFn, History, TrainConfig, check_batch, lr_at
+from llmdual.core.shard import fail_if_asked, shard_weights
+from llmdual.core.recipe import Batch, BatchFn, History, TrainConfig, check_batch, lr_at
 from llmdual.torch_backend import distributed
 from llmdual.torch_backend.model import cross_entropy
 from llmdual.torch_backend.weights import get_weights, set_weights, stored_transposed
 from llmdual.training import Monitor, check_moments, due, restore_run_state
-from llmdual.weights import trainable_shapes
+from llmdual.core.weights import trainable_shapes
 
 
 def parameters(model: nn.Module) -> dict[str, nn.Parameter]:

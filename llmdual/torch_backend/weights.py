@@ -1,4 +1,4 @@
-"""The one place where PyTorch parameters convert to and from canonical weights (see ``llmdual.weights``)."""
+"""The one place where PyTorch parameters convert to and from canonical weights (see ``llmdual.core.weights``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.distributed.tensor import DTensor
 
-from llmdual.weights import canonical_shapes, check_weights
+from llmdual.core.weights import canonical_shapes, check_weights
 
 
 def stored_transposed(name: str) -> bool:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from llmdual.data import ClassificationDataset, LMDataset, check_int, token_stream
-from llmdual.tokenizer import Tokenizer, read_text
+from llmdual.core.data import ClassificationDataset, LMDataset, check_int, token_stream
+from llmdual.core.tokenizer import Tokenizer, read_text
 
 TEST_DIRS = frozenset({"test", "tests", "idle_test"})
 

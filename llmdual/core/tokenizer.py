@@ -10,7 +10,7 @@ import numpy as np
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from llmdual.io import atomic_write
+from llmdual.core.io import atomic_write
 
 EOT = "<|endoftext|>"
 PAD = "<|pad|>"

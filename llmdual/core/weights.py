@@ -34,10 +34,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from llmdual.config import Config
+from llmdual.core.config import Config
 
 if TYPE_CHECKING:
-    from llmdual.lora import LoraSpec
+    from llmdual.core.lora_spec import LoraSpec
 
 TASKS = ("lm", "classifier")
 

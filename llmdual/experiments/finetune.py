@@ -14,18 +14,18 @@ import numpy as np
 from llmdual.api import build, forward, get_weights
 from llmdual.bench.env import peak_rss_mb
 from llmdual.bench.timing import reset_peak_rss
-from llmdual.config import Config
+from llmdual.core.config import Config
 from llmdual.contract import backend_name
-from llmdual.corpus import default_corpus_files, stdlib_dir
-from llmdual.data import LMDataset, token_stream
+from llmdual.core.corpus import default_corpus_files, stdlib_dir
+from llmdual.core.data import LMDataset, token_stream
 from llmdual.evaluate import mean_loss
-from llmdual.experiment import draw_history, save_png
+from llmdual.experiments.sidebyside import draw_history, save_png
 from llmdual.lora import add_lora, merge_lora
 from llmdual.quantize import Quality, measure, quantized_copy
-from llmdual.recipe import History, TrainConfig
-from llmdual.tokenizer import Tokenizer
+from llmdual.core.recipe import History, TrainConfig
+from llmdual.core.tokenizer import Tokenizer
 from llmdual.training import train
-from llmdual.weights import trainable_shapes
+from llmdual.core.weights import trainable_shapes
 
 
 @dataclass

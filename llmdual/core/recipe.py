@@ -1,5 +1,5 @@
 """The training recipe, framework-free: TrainConfig, the warmup+cosine schedule, batch checks and the per-step
-History that both backends' trainers share (micro-batch weights: ``llmdual.distributed.shard_weights``)."""
+History that both backends' trainers share (micro-batch weights: ``llmdual.core.shard.shard_weights``)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from llmdual.config import Config
-from llmdual.validate import check_training_batch
+from llmdual.core.config import Config
+from llmdual.core.validate import check_training_batch
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -32,7 +32,7 @@ class TrainConfig:
     evaluates only at the end. With a ``checkpoint_dir`` the run state (model file, optimizer state, history;
     see ``llmdual.training``) is saved there every ``checkpoint_interval`` steps (0: only at the end).
     ``jit_compile`` XLA-compiles the Keras train step (TensorFlow backend); PyTorch ignores it.
-    ``data_parallel`` ranks share every step (``llmdual.distributed``): each takes an equal shard of every
+    ``data_parallel`` ranks share every step (``llmdual.core.shard``): each takes an equal shard of every
     micro-batch, so ``batch_size`` stays the global batch and must divide by ``grad_accum * data_parallel``.
     """
 
@@ -127,7 +127,7 @@ class History:
 
 def check_batch(batch: Batch, task: str, cfg: TrainConfig, config: Config | None = None) -> Batch:
     """Validate one training batch, LM ``(x, y)`` or classifier ``(ids, mask, labels)``, with
-    ``llmdual.validate`` (id and target ranges too when ``config`` is given); return it as int64 arrays."""
+    ``llmdual.core.validate`` (id and target ranges too when ``config`` is given); return it as int64 arrays."""
     arity = 2 if task == "lm" else 3
     if not isinstance(batch, tuple) or len(batch) != arity:
         raise ValueError(f"a {task} batch must be a tuple of {arity} numpy arrays "

@@ -11,9 +11,9 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from llmdual.config import Config
-from llmdual.sampling import sample_next
-from llmdual.validate import check_inputs
+from llmdual.core.config import Config
+from llmdual.core.sampling import sample_next
+from llmdual.core.validate import check_inputs
 
 MIN_CACHE = 16  # the smallest static cache: shorter generations share its compiled step
 

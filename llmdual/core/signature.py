@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from llmdual.config import Config
+from llmdual.core.config import Config
 from llmdual.contract import backend_of
 
 Axes = tuple[str | int, ...]  # per dimension: a dynamic axis name, or a fixed size

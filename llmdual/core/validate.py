@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from llmdual.config import Config
-from llmdual.weights import check_weights
+from llmdual.core.config import Config
+from llmdual.core.weights import check_weights
 
 __all__ = ["IGNORE_INDEX", "check_ids", "check_inputs", "check_labels", "check_mask", "check_targets",
            "check_training_batch", "check_weights", "index_array"]

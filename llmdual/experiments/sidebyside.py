@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 
 from llmdual.api import build
-from llmdual.config import Config
+from llmdual.core.config import Config
 from llmdual.contract import BACKENDS
 from llmdual.evaluate import evaluate
-from llmdual.io import atomic_write
+from llmdual.core.io import atomic_write
 from llmdual.training import History, TrainConfig, train
 
 

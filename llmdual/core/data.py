@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from llmdual.io import atomic_write
-from llmdual.tokenizer import Tokenizer, expand_sources, read_text
+from llmdual.core.io import atomic_write
+from llmdual.core.tokenizer import Tokenizer, expand_sources, read_text
 
 SPLITS = ("train", "val")
 CACHE_FORMAT = "llmdual-tokens/1"

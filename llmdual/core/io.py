@@ -17,8 +17,8 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file, save_file
 
-from llmdual.config import Config
-from llmdual.weights import check_task, check_weights
+from llmdual.core.config import Config
+from llmdual.core.weights import check_task, check_weights
 
 MODEL_FORMAT = "llmdual/1"
 OPTIMIZER_FORMAT = "llmdual-optimizer/1"

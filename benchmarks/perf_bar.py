@@ -5,8 +5,8 @@
     python benchmarks/perf_bar.py --nanogpt ~/src/nanoGPT   # also time nanoGPT's model.py from a checkout
     python benchmarks/perf_bar.py --results bench-results/perf-bar/results.json   # the bars of a saved run
 
-One run of the benchmark (``llmdual.bench.compare``) over the bars' engines; the bars are a view over its
-``results.json`` (``llmdual.bench.bars``). Needs ``pip install 'llmdual[reference]'``; engines whose packages
+One run of the benchmark (``llmdual.bench.command.run``) over the bars' engines; the bars are a view over its
+``results.json`` (``llmdual.bench.report.bars``). Needs ``pip install 'llmdual[reference]'``; engines whose packages
 are missing are skipped, naming the extra. Writes ``results.json``, ``report.md``, ``perf-bar.md`` to ``--out``.
 """
 
@@ -18,8 +18,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from llmdual.bench import bars, compare
-from llmdual.bench.results import read_json, write_text
+from llmdual.bench import command
+from llmdual.bench.report import bars
+from llmdual.bench.report.results import read_json, write_text
+from llmdual.bench.settings import BenchSettings
 from llmdual.core.config import PRESETS
 from llmdual.core.report import table
 
@@ -53,14 +55,14 @@ def main(argv: list[str] | None = None) -> int:
             doc = read_json(args.results)
         else:
             engines, workloads = bars.selection(args.only)
-            options = compare.Options(
+            settings = BenchSettings(
                 preset=args.preset, engines=engines, workloads=workloads, batch_sizes=(args.batch,),
                 seq_lens=(args.seq_len,), prompt_len=args.prompt_len, new_tokens=args.new_tokens, device="cpu",
                 warmup=args.warmup, repeats=args.repeats, budget_s=args.budget, rounds=args.rounds,
                 threads=args.threads, out=str(args.out), seed=args.seed, timeout_s=args.timeout,
-                nanogpt=args.nanogpt, extra={"argv": sys.argv[1:] if argv is None else argv})
-            doc, _ = compare.run(options)
-    except (ValueError, ImportError, compare.NoDevice) as error:
+                nanogpt=args.nanogpt)
+            doc, _ = command.run(settings, argv=sys.argv[1:] if argv is None else argv)
+    except (ValueError, ImportError, command.NoDevice) as error:
         print(f"perf_bar.py: error: {error}", file=sys.stderr)
         return 2
     rows = bars.evaluate(doc, args.seed)

@@ -19,13 +19,22 @@ from pathlib import Path
 import numpy as np
 
 import llmdual
+from llmdual.contract import backends, export_formats, native_formats
+from llmdual.core.report import table
 from llmdual.export import formats_for
 from llmdual.native import load
-from llmdual.native.export import PLAIN_LM_ONLY, size_of
+from llmdual.native.export import size_of
 from llmdual.onnx.runtime import logits, open_session, throughput
-from llmdual.core.report import table
 
-SUFFIX = {"onnx": ".onnx", "torch-export": ".pt2", "aoti": ".pt2", "saved-model": "", "litert": ""}
+
+def suffix(format: str) -> str:
+    """The file suffix an export of ``format`` is written with (folders take none)."""
+    return ".onnx" if format == "onnx" else native_formats()[format][1].suffix
+
+
+def plain_lm_only(format: str) -> bool:
+    """Whether ``format`` exports the plain LM only (not the KV-cache decoder step)."""
+    return format != "onnx" and bool(native_formats()[format][1].plain_lm_only)
 
 
 def latency_ms(run, repeats: int) -> float:
@@ -50,12 +59,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or Path(tmp)
         out.mkdir(parents=True, exist_ok=True)
-        for name in ("torch", "keras"):
+        for name in [b for b in backends() if export_formats(b)]:
             model = llmdual.build(config, name, seed=args.seed)
             ms = [latency_ms(lambda ids=ids: llmdual.forward(model, ids), args.repeats) for ids in batches.values()]
             rows.append([name, "native", "", "", "", "", *ms, ""])
-            for format in [f for f in formats_for(model) if not (args.kv_cache and f in PLAIN_LM_ONLY)]:
-                path = out / f"{name}-lm{'-kv' if args.kv_cache else ''}{SUFFIX[format]}"
+            for format in [f for f in formats_for(model) if not (args.kv_cache and plain_lm_only(f))]:
+                path = out / f"{name}-lm{'-kv' if args.kv_cache else ''}{suffix(format)}"
                 result = llmdual.export(model, path, format=format, kv_cache=args.kv_cache)
                 start = time.perf_counter()
                 engine = open_session(path) if format == "onnx" else load(path, format)

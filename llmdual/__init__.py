@@ -1,17 +1,17 @@
 """llmdual: the same GPT-2-style transformer in PyTorch and Keras 3, with shared weights and proven parity."""
 
 from llmdual.api import build, forward, get_weights, load, save, set_weights
-from llmdual.core.config import Config
 from llmdual.contract import backend_name, backend_of
+from llmdual.core.config import Config
+from llmdual.core.recipe import TrainConfig
+from llmdual.core.tokenizer import Tokenizer
+from llmdual.core.weights import from_hf_gpt2, init_weights, to_hf_gpt2
 from llmdual.evaluate import evaluate
 from llmdual.export import export
 from llmdual.generate import generate
 from llmdual.lora import add_lora, load_lora, merge_lora, save_lora, save_lora_peft
 from llmdual.quantize import quantize
-from llmdual.core.recipe import TrainConfig
-from llmdual.core.tokenizer import Tokenizer
 from llmdual.training import train
-from llmdual.core.weights import from_hf_gpt2, init_weights, to_hf_gpt2
 
 __version__ = "0.1.0"
 

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 
 from llmdual import contract
-from llmdual.core.config import Config
 from llmdual.contract import backend_of
+from llmdual.core.config import Config
 from llmdual.core.io import read_model_file, write_model_file
 from llmdual.core.weights import check_task, init_weights
 
@@ -60,7 +60,8 @@ def refuse_quantized(model: Any, action: str, instead: str) -> None:
 
 
 def forward(model: Any, input_ids: np.ndarray, attention_mask: np.ndarray | None = None) -> np.ndarray:
-    """Numpy ids (B, T) in, numpy float32 logits out (LM: (B, T, vocab); classifier: (B, num_classes))."""
+    """Numpy ids (B, T) in, numpy logits out (LM: (B, T, vocab); classifier: (B, num_classes)): float32, float64
+    from the float64 reference backend."""
     return backend_of(model).forward(model, input_ids, attention_mask)
 
 

@@ -27,7 +27,7 @@ def decoder_for(target: Any, use_cache: bool = True) -> Decoder:
     if type(target).__module__.startswith("onnxruntime."):
         raise TypeError("an onnxruntime session decodes through llmdual.onnx.OnnxDecoder(session): "
                         "pass llmdual.generate(OnnxDecoder(session), ...)")
-    return backend_of(target).decoder(target, use_cache)
+    return backend_of(target, "decoding").decoder(target, use_cache)
 
 
 def _prompt_rows(prompt: Any, tokenizer: Any) -> tuple[list[list[int]], bool, bool]:

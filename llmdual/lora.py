@@ -16,11 +16,12 @@ from typing import Any
 import numpy as np
 
 from llmdual.api import get_weights, refuse_quantized, set_weights
-from llmdual.core.config import Config
 from llmdual.contract import backend_of
+from llmdual.core.config import Config
 from llmdual.core.io import atomic_write, read_checked, write_checked
 from llmdual.core.lora_spec import LORA_FORMAT, LoraSpec, init_lora, lora_spec
 from llmdual.core.weights import canonical_shapes
+
 
 def add_lora(model: Any, rank: int = 8, alpha: float = 16.0, targets: str | Iterable[str] = ("c_attn",),
              seed: int = 0, init_b: str = "zeros") -> None:
@@ -29,7 +30,7 @@ def add_lora(model: Any, rank: int = 8, alpha: float = 16.0, targets: str | Iter
     Targets: ``c_attn``, ``c_proj`` (the attention output, ``attn.c_proj``), ``c_fc``, ``mlp.c_proj``, or any
     canonical ``attn.``/``mlp.`` name. ``ValueError`` for a bad rank, alpha or target, or adapters already there.
     """
-    backend = backend_of(model)
+    backend = backend_of(model, "lora")
     refuse_quantized(model, "add LoRA adapters", "add them to the float32 model, merge_lora, then llmdual.quantize")
     if model.lora is not None:
         raise ValueError(f"the model already has LoRA adapters ({describe(model.lora)}); adapters are added once: "
@@ -111,7 +112,7 @@ def check_compatible(model: Any, spec: LoraSpec, config: Config, task: str, sour
 def load_lora(model: Any, path: str | Path) -> None:
     """Load adapters saved by ``save_lora`` (from either backend): into a model without adapters (they are added),
     or over adapters of the same rank, alpha and targets; ``ValueError`` for any other model or adapters."""
-    backend = backend_of(model)
+    backend = backend_of(model, "lora")
     spec, config, task, adapters = read_lora(path)
     check_compatible(model, spec, config, task, str(path))
     weights = get_weights(model)

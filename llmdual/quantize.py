@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from llmdual.api import build, forward, get_weights
-from llmdual.core.config import Config
 from llmdual.contract import backend_name, backend_of
+from llmdual.core.config import Config
 from llmdual.core.corpus import stdlib_lm_data
 from llmdual.evaluate import cross_entropy_sum
 
@@ -32,7 +32,7 @@ Forward = Callable[[np.ndarray], np.ndarray]  # ids (B, T) -> logits (B, T, voca
 def quantize(model: Any, scheme: str = "int8") -> Any:
     """Quantize ``model``'s projections in place (see the module docstring) and return it; ``ValueError`` for an
     unknown scheme, a model already quantized, or one with unmerged LoRA adapters."""
-    backend = backend_of(model)
+    backend = backend_of(model, "int8")
     if scheme not in SCHEMES:
         raise ValueError(f"unknown quantization scheme {scheme!r}; choose one of {list(SCHEMES)}")
     done = quantized(model)

@@ -23,13 +23,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from llmdual.api import get_weights, read_model, refuse_quantized, save, set_weights
-from llmdual.core.config import Config
 from llmdual.contract import backend_name, backend_of
-from llmdual.evaluate import mean_loss
+from llmdual.core.config import Config
 from llmdual.core.io import atomic_write, read_optimizer_state, write_model_file, write_optimizer_state
-from llmdual.lora import check_compatible, describe, read_lora, save_lora
 from llmdual.core.recipe import Batch, BatchFn, History, TrainConfig
 from llmdual.core.weights import canonical_shapes, trainable_shapes
+from llmdual.evaluate import mean_loss
+from llmdual.lora import check_compatible, describe, read_lora, save_lora
 
 if TYPE_CHECKING:
     from llmdual.core.lora_spec import LoraSpec
@@ -55,7 +55,7 @@ def train(model: Any, data: Any, cfg: TrainConfig, resume: str | Path | None = N
     e.g. ``runs/ckpt/step-000010``, or a folder for its latest) to continue from."""
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"cfg must be an llmdual.TrainConfig, got {type(cfg).__name__}")
-    backend = backend_of(model)
+    backend = backend_of(model, "training")
     refuse_quantized(model, "train it", "train the float32 model, then llmdual.quantize it")
     if cfg.checkpoint_dir:
         check_run_folder(cfg.checkpoint_dir)

@@ -1,20 +1,44 @@
-"""Shared fixtures. Keras' backend is fixed per process: this suite runs Keras on TensorFlow unless
-KERAS_BACKEND says otherwise; the other Keras backends are checked in subprocesses (test_keras_backends.py)."""
+"""Shared fixtures, and the backends a test runs on: every list of backends comes from the registry
+(``llmdual.contract``), by the capability the test exercises, never from names written here. The ``backend``
+fixture runs a test on every backend (the ``forward`` capability); a test of another capability parametrises
+``backend`` by ``backends(capability)``, or its module overrides the fixture.
+
+Keras' backend is fixed per process: this suite runs Keras on TensorFlow unless KERAS_BACKEND says otherwise;
+the other Keras backends are checked in subprocesses (test_keras_backends.py)."""
 
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import numpy as np
+import pytest
 
-from llmdual.api import build  # noqa: E402
-from llmdual.core.config import Config  # noqa: E402
-from llmdual.core.weights import init_weights  # noqa: E402
+from llmdual.api import build
+from llmdual.contract import backends, info
+from llmdual.core.config import Config
+from llmdual.core.weights import init_weights
 
-BACKENDS = ("torch", "keras")
 TASKS = ("lm", "classifier")
+
+
+def framework_backends() -> list[str]:
+    """The backends built on a deep-learning framework (autodiff, an optimising compiler, model classes and modules
+    that mirror each other): those offering gradients. Tests of what such a framework does beyond the capability
+    protocols (a compiled decoding step, the models' own methods and layers) run on these."""
+    return backends("gradients")
+
+
+def other_hosts(name: str) -> list[str]:
+    """The libraries backend ``name``'s framework can run on besides this process's default (Keras' JAX and
+    torch), from the registry; each is checked in a subprocess."""
+    host = info(name).host
+    return [] if host is None else [library for library in host[2] if library != host[1]]
+
+
+def logits_dtype(name: str) -> type:
+    """The dtype of backend ``name``'s logits: float64 for the reference, float32 for the others."""
+    return np.float64 if info(name).offers("reference") else np.float32
 
 
 @pytest.fixture
@@ -22,8 +46,9 @@ def tiny() -> Config:
     return Config.preset("tiny")
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=backends("forward"))
 def backend(request) -> str:
+    """Every registered backend: for tests of running a model (build, weights, forward) and nothing more."""
     return request.param
 
 
@@ -50,5 +75,7 @@ def config() -> Config:
 
 @pytest.fixture(scope="session")
 def models(config):
-    """Both tasks in both backends with ``export_weights``: the models every export test exports and compares."""
-    return {(b, t): build(config, b, t, weights=export_weights(config, t)) for b in BACKENDS for t in TASKS}
+    """Both tasks in every backend that exports (to ONNX or natively) with ``export_weights``: the models every
+    export test exports and compares."""
+    exporting = [b for b in backends() if info(b).offers("onnx") or info(b).offers("native-export")]
+    return {(b, t): build(config, b, t, weights=export_weights(config, t)) for b in exporting for t in TASKS}

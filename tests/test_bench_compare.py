@@ -1,5 +1,7 @@
-"""``benchmarks/compare.py`` end to end on the tiny preset: real engines, a crashing one, a missing framework."""
+"""``benchmarks/compare.py`` end to end on the tiny preset: real engines, a crashing one, a missing framework; the
+typed settings and their round trip through the worker's JSON."""
 
+import dataclasses
 import importlib.util
 import json
 import subprocess
@@ -8,7 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from llmdual.bench import compare, results, runner
+from llmdual.bench import command, runner
+from llmdual.bench.report import results
+from llmdual.bench.settings import BenchSettings, Case
+from llmdual.core.config import Config
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -18,7 +23,7 @@ def tiny(tmp_path, **changes):
     base = {"preset": "tiny", "engines": ("torch-eager", "keras-jax"), "workloads": ("infer", "generate"),
             "batch_sizes": (2,), "seq_lens": (8,), "new_tokens": 2, "warmup": 0, "repeats": 2, "threads": 1,
             "device": "cpu", "out": str(tmp_path / "out")}
-    return compare.Options(**{**base, **changes})
+    return BenchSettings(**{**base, **changes})
 
 
 class Log(list):
@@ -30,7 +35,7 @@ class Log(list):
 
 def test_a_real_tiny_run_writes_a_valid_document_report_and_charts(tmp_path):
     log = Log()
-    doc, files = compare.run(tiny(tmp_path), log)
+    doc, files = command.run(tiny(tmp_path), log)
     out = tmp_path / "out"
     assert results.read_json(out / "results.json") == json.loads(json.dumps(doc))
     assert doc["schema"] == "llmdual.bench/2"
@@ -67,7 +72,7 @@ def test_a_crashing_engine_and_a_missing_framework_are_recorded_and_the_run_goes
 
     options = tiny(tmp_path, engines=("keras-tensorflow", "torch-eager", "keras-jax", "keras-tensorflow-xla"),
                    workloads=("infer", "generate"), repeats=1)
-    doc, _ = compare.run(options, Log(), command=crash_tensorflow)
+    doc, _ = command.run(options, Log(), command=crash_tensorflow)
     status = {(c["engine"], c["workload"]): (c["status"], c["reason"]) for c in doc["cases"]}
     assert status["torch-eager", "infer"] == ("ok", None) and status["torch-eager", "generate"] == ("ok", None)
     for workload in ("infer", "generate"):
@@ -79,33 +84,72 @@ def test_a_crashing_engine_and_a_missing_framework_are_recorded_and_the_run_goes
     assert "crashed" in (tmp_path / "out" / "report.md").read_text()
 
 
-def test_options_validate_and_sweep_makes_a_grid():
-    assert compare.Options(batch_sizes=(1, 4), seq_lens=(32, 64), sweep=True).points() == [
+def test_settings_validate_and_sweep_makes_a_grid():
+    assert BenchSettings(batch_sizes=(1, 4), seq_lens=(32, 64), sweep=True).points() == [
         (1, 32), (1, 64), (4, 32), (4, 64)]
-    assert compare.Options(batch_sizes=(4,), seq_lens=(64,), sweep=True).points() == [
+    assert BenchSettings(batch_sizes=(4,), seq_lens=(64,), sweep=True).points() == [
         (1, 32), (1, 64), (4, 32), (4, 64), (8, 32), (8, 64)]
     with pytest.raises(ValueError, match="need --sweep"):
-        compare.Options(batch_sizes=(1, 4))
+        BenchSettings(batch_sizes=(1, 4))
     with pytest.raises(ValueError, match="unknown engine 'torch-fast'"):
-        compare.Options(engines=("torch-fast",))
+        BenchSettings(engines=("torch-fast",))
     with pytest.raises(ValueError, match="sequence lengths"):
-        compare.Options(preset="tiny", seq_lens=(65,))
+        BenchSettings(preset="tiny", seq_lens=(65,))
+
+
+def test_the_command_line_defaults_are_the_settings_own():
+    def settings(*argv):
+        return command.settings_of(command.parser().parse_args(list(argv)))
+
+    assert settings() == dataclasses.replace(BenchSettings(), prompt_len=64)  # the command line's prompt length
+    quick = settings("--quick", "--batch", "3")
+    assert (quick.batch_sizes, quick.seq_lens, quick.new_tokens, quick.prompt_len) == ((3,), (64,), 8, None)
+    assert "torch-compile" not in quick.engines and "torch-compile" in BenchSettings().engines
+    tiny = settings("--preset", "tiny")  # a preset shorter than the default sequence runs at its longest
+    assert tiny.seq_lens == (Config.preset("tiny").max_seq_len,) and tiny.prompt_len == 64
+    with pytest.raises(ValueError, match="sequence lengths in \\[1, 64\\]"):
+        settings("--preset", "tiny", "--seq-len", "128")
+
+
+def test_the_settings_round_trip_through_the_workers_json():
+    """Every field set away from its default (so a field the JSON dropped or mistyped would show) comes back equal,
+    as the same types; a case with a field the worker does not know is refused by name."""
+    defaults = BenchSettings()
+    settings = BenchSettings(
+        preset="tiny", engines=("keras-jax", "torch-eager"), workloads=("kv", "train"), batch_sizes=(1, 3),
+        seq_lens=(16, 32), prompt_len=12, new_tokens=5, sweep=True, precision="bf16", tf32=True, device="cuda",
+        warmup=0, repeats=7, budget_s=2.5, rounds=3, threads=2, priority="memory", out="elsewhere", seed=11,
+        timeout_s=30.0, nanogpt="/src/nanoGPT", charts=False, config_override=Config.preset("tiny", vocab_size=512))
+    unchanged = [f.name for f in dataclasses.fields(BenchSettings)
+                 if getattr(settings, f.name) == getattr(defaults, f.name)]
+    assert unchanged == []
+    case = Case("keras-jax", "kv", settings, 3, 32, expected="/tmp/want.npz")
+    text = case.to_json()
+    back = Case.from_json(text)
+    assert back == case and isinstance(back.settings.engines, tuple) and isinstance(back.settings.config, Config)
+    assert json.loads(text)["settings"]["batch_sizes"] == [1, 3]  # plain JSON, as the command line carries it
+    assert BenchSettings.from_json(settings.to_json()) == settings
+    with pytest.raises(ValueError, match="unknown BenchSettings fields \\['mode'\\]"):
+        BenchSettings.from_dict({**settings.to_dict(), "mode": "ok"})
+    with pytest.raises(ValueError, match="a case is a JSON object with the fields"):
+        Case.from_json(json.dumps({**json.loads(text), "colour": "red"}))
 
 
 def test_cuda_without_a_gpu_is_refused_clearly(monkeypatch, tmp_path):
-    monkeypatch.setattr(compare.env, "gpus", list)
-    assert compare.resolve_device("auto") == "cpu"
-    with pytest.raises(compare.NoDevice, match="no CUDA device"):
-        compare.resolve_device("cuda")
+    monkeypatch.setattr(command.env, "gpus", list)
+    assert command.resolve_device("auto") == "cpu"
+    with pytest.raises(command.NoDevice, match="no CUDA device"):
+        command.resolve_device("cuda")
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compare.py"), "--engines", "torch-turbo",
                            "--out", str(tmp_path)], capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 2 and "unknown engine 'torch-turbo'" in done.stderr
 
 
 def test_the_parent_side_imports_no_framework():
-    """compare, the engine table, the workloads and the worker's entry import frameworks only inside a worker."""
-    code = ("import sys; from llmdual.bench import bars, charts, compare, engines, expected, inputs, reference, "
-            "timing, workloads, worker; "
+    """The command, the engine table, the workloads and the worker's entry import frameworks only inside a worker."""
+    code = ("import sys; from llmdual.bench import command, expected, inputs, settings, timing, workloads, worker; "
+            "from llmdual.bench.engines import reference_models, runtime, table; "
+            "from llmdual.bench.report import bars, charts, tables; "
             "print(sorted(m for m in ('torch', 'tensorflow', 'keras', 'jax', 'onnxruntime') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True,
                           cwd=ROOT)

@@ -11,7 +11,11 @@ import pytest
 import torch
 
 import llmdual
-from llmdual.bench import bars, compare, engines, reference, results
+from llmdual.bench import command
+from llmdual.bench.engines import reference_models as reference
+from llmdual.bench.engines import table
+from llmdual.bench.report import bars, results
+from llmdual.bench.settings import BenchSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,7 +41,7 @@ def test_hf_gpt2_gives_llmdual_logits(tiny, weights, checkpoint, ids):
 def test_keras_hub_gpt2_gives_llmdual_logits_or_says_which_extra_is_missing(tiny, weights, checkpoint, ids):
     if importlib.util.find_spec("keras_hub") is None:
         for name in ("kerashub-tensorflow", "kerashub-tensorflow-xla", "kerashub-jax", "kerashub-torch"):
-            assert "pip install 'llmdual[reference]'" in engines.skip_reason(name)
+            assert "pip install 'llmdual[reference]'" in table.skip_reason(name)
         return
     model = reference.build_keras_hub(checkpoint)
     logits = model.predict_on_batch({"token_ids": ids, "padding_mask": np.ones_like(ids, dtype=bool)})
@@ -111,7 +115,7 @@ def test_nanogpt_layout_gives_llmdual_logits(tiny, weights, ids, tmp_path):
     with torch.no_grad():
         logits = model(torch.from_numpy(ids), torch.from_numpy(ids))[0].numpy()
     expected = llmdual.forward(llmdual.build(tiny, "torch", weights=weights), ids)
-    assert np.abs(logits - expected).max() <= reference.NANOGPT_TOLERANCE
+    assert np.abs(logits - expected).max() <= table.NANOGPT_TOLERANCE
 
 
 def test_untied_config_is_refused(tiny, weights, tmp_path):
@@ -173,11 +177,11 @@ def test_reference_engines_run_in_the_same_stack_and_the_bar_is_a_view_of_the_ru
     (HF with its own generate, nanoGPT at its looser tolerance), keras-hub is skipped naming the extra."""
     (tmp_path / "nanogpt").mkdir()
     (tmp_path / "nanogpt" / "model.py").write_text(NANOGPT_LIKE)
-    options = compare.Options(preset="tiny", engines=("torch-eager", "hf-eager", "nanogpt", "kerashub-jax"),
+    options = BenchSettings(preset="tiny", engines=("torch-eager", "hf-eager", "nanogpt", "kerashub-jax"),
                               workloads=("train", "infer", "generate"), batch_sizes=(2,), seq_lens=(8,),
                               prompt_len=4, new_tokens=3, warmup=0, repeats=2, threads=1, device="cpu",
                               nanogpt=str(tmp_path / "nanogpt"), charts=False, out=str(tmp_path / "out"))
-    doc, _ = compare.run(options, log=lambda line: None)
+    doc, _ = command.run(options, log=lambda line: None)
     status = {(c["engine"], c["workload"]): (c["status"], c["reason"]) for c in doc["cases"]}
     for case in ("torch-eager", "hf-eager"):
         for workload in ("train", "infer", "generate"):
@@ -187,7 +191,7 @@ def test_reference_engines_run_in_the_same_stack_and_the_bar_is_a_view_of_the_ru
     assert all("pip install 'llmdual[reference]'" in status["kerashub-jax", w][1] for w in ("train", "infer"))
     by_case = {(c["engine"], c["workload"]): c for c in doc["cases"]}
     assert by_case["hf-eager", "infer"]["scalars"]["max_abs_diff"] <= 1e-4
-    assert by_case["nanogpt", "infer"]["scalars"]["tolerance"] == reference.NANOGPT_TOLERANCE
+    assert by_case["nanogpt", "infer"]["scalars"]["tolerance"] == table.NANOGPT_TOLERANCE
     assert set(by_case["hf-eager", "generate"]["stats"]) >= {"tokens_per_s_b1", "tokens_per_s_batch"}
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "perf_bar.py"), "--results",
                            str(tmp_path / "out" / "results.json")], capture_output=True, text=True, timeout=120,

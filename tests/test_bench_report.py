@@ -9,7 +9,7 @@ import pytest
 from matplotlib.image import imread
 from rich.console import Console
 
-from llmdual.bench import charts, report, results, verdict
+from llmdual.bench.report import charts, results, tables, units, verdict
 from llmdual.core.config import Config
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -149,7 +149,7 @@ def test_flops_are_derived_for_ok_throughput_cases(doc):
 
 
 def test_markdown_names_the_winner_with_its_interval(doc):
-    md = report.markdown_report(doc, "training")
+    md = tables.markdown_report(doc, "training")
     [line] = [l for l in md.splitlines() if l.startswith("- **train**, throughput")]
     torch = next(c for c in doc["cases"] if c["engine"] == "torch-eager" and c["workload"] == "train")
     jax = next(c for c in doc["cases"] if c["engine"] == "keras-jax" and c["workload"] == "train")
@@ -186,18 +186,18 @@ def test_a_single_framework_has_nothing_to_compare(doc):
 
 
 def test_tables_show_figures_ratios_and_reasons(doc):
-    header, rows = report.workload_table(doc, "train")
+    header, rows = tables.workload_table(doc, "train")
     assert rows[0][0] == "torch-eager" and rows[-1][0] == "keras-tensorflow"
     assert rows[0][header.index("vs fastest")] == "fastest"
     assert rows[1][header.index("vs fastest")].endswith("]")
     assert rows[-1][-1].startswith("crashed: killed by signal")
     assert rows[0][header.index("build / warm-up")] == "250 ms / 1.5 s"
     console = Console(file=io.StringIO(), width=250)
-    report.print_tables(doc, console)
+    tables.print_tables(doc, console)
     out = console.file.getvalue()
     assert "torch-eager" in out and "keras-tensorflow" in out and "tok/s" in out
     lines = []
-    report.print_tables(doc, lines.append)  # without rich: aligned plain text
+    tables.print_tables(doc, lines.append)  # without rich: aligned plain text
     plain = "\n".join(lines)
     assert plain.startswith("train\n") and "┃" not in plain
     assert any(line.startswith("torch-eager ") and "fastest" in line for line in plain.splitlines())
@@ -208,7 +208,7 @@ def test_tables_show_figures_ratios_and_reasons(doc):
     (12345.6, "tok/s", "12,346 tok/s"), (42.42, "seq/s", "42.4 seq/s"), (2048.0, "MB", "2.00 GB"), (None, "s", "–"),
 ])
 def test_values_are_formatted_with_units(value, unit, shown):
-    assert report.format_value(value, unit) == shown
+    assert units.format_value(value, unit) == shown
 
 
 def _check_png(path):
@@ -223,7 +223,7 @@ def test_report_writes_markdown_and_valid_pngs(doc, tmp_path):
                                             "throughput_train.png", "warmup.png"]
     for path in pngs:
         _check_png(path)
-    md = report.write_report(doc, tmp_path / "report", "training", pngs).read_text()
+    md = tables.write_report(doc, tmp_path / "report", "training", pngs).read_text()
     assert "![throughput_train](throughput_train.png)" in md
 
 
@@ -250,7 +250,7 @@ def test_sweep_plot_is_written_when_batch_sizes_vary(tmp_path):
     paths = charts.write_charts(doc, tmp_path)
     assert tmp_path / "sweep_infer_batch_size.png" in paths
     _check_png(tmp_path / "sweep_infer_batch_size.png")
-    header, rows = report.workload_table(doc, "infer")
+    header, rows = tables.workload_table(doc, "infer")
     assert "batch_size" in header and len(rows) == 8
     lines = verdict.verdict(doc, "inference")
     assert sum(l.startswith("- **infer** (batch_size ") and ", throughput:" in l for l in lines) == 4

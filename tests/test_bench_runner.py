@@ -1,5 +1,6 @@
 """The benchmark runner against a fake worker script (every way a worker can end), plus environment capture."""
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -12,17 +13,20 @@ from pathlib import Path
 import pytest
 
 from llmdual.bench import env, runner
-from llmdual.bench.results import Record, build_document, read_jsonl
-from llmdual.bench.runner import CaseSpec
+from llmdual.bench.report.results import Record, build_document, read_jsonl
+from llmdual.bench.settings import BenchSettings, Case
 
+# A fake worker's behaviour: the engine's name after "fake-" (or "mode" in ``--params``), with its ``--params``.
 FAKE_WORKER = textwrap.dedent('''
     import argparse, json, os, signal, subprocess, sys, time
     parser = argparse.ArgumentParser()
     parser.add_argument("--case-json", required=True)
     parser.add_argument("--result", required=True)
+    parser.add_argument("--params", default="{}")
     args = parser.parse_args()
     case = json.loads(args.case_json)
-    mode = case["settings"]["mode"]
+    params = json.loads(args.params)
+    mode = params.get("mode") or case["engine"].split("-", 1)[1]
 
     def peak_rss_mb():
         for line in open("/proc/self/status"):
@@ -34,16 +38,16 @@ FAKE_WORKER = textwrap.dedent('''
             json.dump({"engine": case["engine"], "workload": case["workload"], **result}, handle)
 
     if mode == "ok":
-        ballast = bytearray(int(case["settings"].get("ballast_mb", 0) * 2**20))
+        ballast = bytearray(int(params.get("ballast_mb", 0) * 2**20))
         for i in range(0, len(ballast), 4096):
             ballast[i] = 1  # touch every page so it counts as resident
-        time.sleep(case["settings"].get("hold_s", 0))
+        time.sleep(params.get("hold_s", 0))
         seen = 0
-        if "jsonl" in case["settings"] and os.path.exists(case["settings"]["jsonl"]):
-            with open(case["settings"]["jsonl"]) as handle:
+        if "jsonl" in params and os.path.exists(params["jsonl"]):
+            with open(params["jsonl"]) as handle:
                 seen = sum(1 for line in handle if line.strip())
         write({"status": "ok", "reason": None,
-               "measurements": {"tokens_per_s": case["settings"].get("values", [100.0, 101.0, 99.0])},
+               "measurements": {"tokens_per_s": params.get("values", [100.0, 101.0, 99.0])},
                "scalars": {"peak_rss_mb": peak_rss_mb(),
                            "warmup_s": 0.5, "lines_seen": seen}})
     elif mode == "env":
@@ -74,19 +78,42 @@ FAKE_WORKER = textwrap.dedent('''
         os.kill(os.getpid(), signal.SIGKILL)
     elif mode == "hang":
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-        with open(case["settings"]["pidfile"], "w") as handle:
+        with open(params["pidfile"], "w") as handle:
             handle.write(str(child.pid))
         time.sleep(60)
     # mode "silent": exit 0 without a result
 ''')
 
 
+SETTINGS = BenchSettings(preset="tiny", batch_sizes=(2,), seq_lens=(8,), device="cpu")
+
+
+def spec(engine, workload="infer", **changes):
+    """A case of ``engine`` at the tiny point, its settings changed by ``changes``."""
+    return Case(engine, workload, dataclasses.replace(SETTINGS, **changes), 2, 8)
+
+
+class FakeWorker:
+    """A command builder running the fake worker instead of ``python -m llmdual.bench.worker``, handing each engine
+    its ``params``."""
+
+    def __init__(self, script, params=None):
+        self.script, self.params = script, params or {}
+
+    def __call__(self, case_json, result):
+        params = self.params.get(json.loads(case_json)["engine"], {})
+        return [sys.executable, str(self.script), "--case-json", case_json, "--result", result,
+                "--params", json.dumps(params)]
+
+    def given(self, params):
+        return FakeWorker(self.script, params)
+
+
 @pytest.fixture
 def fake(tmp_path):
-    """A command builder running the fake worker instead of ``python -m llmdual.bench.worker``."""
     script = tmp_path / "fake_worker.py"
     script.write_text(FAKE_WORKER)
-    return lambda case_json, result: [sys.executable, str(script), "--case-json", case_json, "--result", result]
+    return FakeWorker(script)
 
 
 class Log(list):
@@ -108,12 +135,12 @@ def _state(pid: int) -> str | None:
 
 def test_every_outcome_is_recorded_and_the_run_goes_on(tmp_path, fake):
     modes = ["ok", "raise", "exit", "oom", "signal", "garbage", "silent", "no-reason", "mismatch", "failed"]
-    specs = [CaseSpec(f"fake-{m}", "infer", {"mode": m}) for m in modes]
+    specs = [spec(f"fake-{m}") for m in modes]
     jsonl = tmp_path / "runs.jsonl"
     log = Log()
     records = runner.run_cases(specs, jsonl, timeout_s=30, command=fake, log=log)
     assert all(isinstance(r, Record) for r in records)
-    by_mode = {r.settings["mode"]: r.to_dict() for r in records}
+    by_mode = {r.engine.split("-", 1)[1]: r.to_dict() for r in records}
     assert set(by_mode) == set(modes)
     expected = {"ok": "ok", "raise": "crashed", "exit": "crashed", "oom": "crashed", "signal": "crashed",
                 "garbage": "crashed", "silent": "crashed", "no-reason": "crashed", "mismatch": "mismatch",
@@ -140,10 +167,10 @@ def test_every_outcome_is_recorded_and_the_run_goes_on(tmp_path, fake):
 
 def test_timeout_kills_the_worker_and_everything_it_started(tmp_path, fake):
     pidfile = tmp_path / "grandchild.pid"
-    spec = CaseSpec("fake-hang", "train", {"mode": "hang", "pidfile": str(pidfile)})
     started = time.monotonic()
-    records = runner.run_cases([spec, CaseSpec("fake-ok", "train", {"mode": "ok"})], tmp_path / "r.jsonl",
-                               timeout_s=1.5, command=fake, log=Log())
+    records = runner.run_cases([spec("fake-hang", "train"), spec("fake-ok", "train")], tmp_path / "r.jsonl",
+                               timeout_s=1.5, command=fake.given({"fake-hang": {"pidfile": str(pidfile)}}),
+                               log=Log())
     assert time.monotonic() - started < 15
     hung = next(r for r in records if r.engine == "fake-hang")
     assert hung.status == "timeout" and "1.5 s" in hung.reason
@@ -158,8 +185,9 @@ def test_timeout_kills_the_worker_and_everything_it_started(tmp_path, fake):
 
 def test_results_are_appended_as_each_case_finishes(tmp_path, fake):
     jsonl = tmp_path / "runs.jsonl"
-    specs = [CaseSpec(f"fake-{i}", "infer", {"mode": "ok", "jsonl": str(jsonl)}) for i in range(4)]
-    records = runner.run_cases(specs, jsonl, rounds=2, seed=3, command=fake, log=Log())
+    specs = [spec(f"fake-{i}") for i in range(4)]
+    params = {f"fake-{i}": {"mode": "ok", "jsonl": str(jsonl)} for i in range(4)}
+    records = runner.run_cases(specs, jsonl, rounds=2, seed=3, command=fake.given(params), log=Log())
     # each worker saw the lines of every case that finished before it started
     assert [r.scalars["lines_seen"] for r in records] == list(range(8))
 
@@ -171,10 +199,10 @@ def test_an_interrupt_keeps_every_finished_case(tmp_path, fake):
         calls.append(case_json)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return fake(case_json, result)
+        return fake.given({f"fake-{i}": {"mode": "ok"} for i in range(5)})(case_json, result)
 
     jsonl = tmp_path / "runs.jsonl"
-    specs = [CaseSpec(f"fake-{i}", "infer", {"mode": "ok"}) for i in range(5)]
+    specs = [spec(f"fake-{i}") for i in range(5)]
     with pytest.raises(KeyboardInterrupt):
         runner.run_cases(specs, jsonl, command=interrupting, log=Log())
     kept = read_jsonl(jsonl)
@@ -184,9 +212,8 @@ def test_an_interrupt_keeps_every_finished_case(tmp_path, fake):
 def test_peak_rss_is_the_workers_own_not_the_parents(fake):
     ballast = bytearray(200 * 2**20)  # a parent bigger than the workers must not leak into their figures
     ballast[:: 4096] = b"\x01" * len(ballast[:: 4096])
-    [heavy] = runner.run_group([CaseSpec("fake-ok", "infer", {"mode": "ok", "ballast_mb": 80, "hold_s": 0.5})],
-                               command=fake)
-    [light] = runner.run_group([CaseSpec("fake-ok", "infer", {"mode": "ok"})], command=fake)
+    [heavy] = runner.run_group([spec("fake-ok")], command=fake.given({"fake-ok": {"ballast_mb": 80, "hold_s": 0.5}}))
+    [light] = runner.run_group([spec("fake-ok")], command=fake)
     assert heavy.status == light.status == "ok"
     assert heavy.scalars["peak_rss_mb"] >= 80 and heavy.child_peak_rss_mb >= 80
     assert light.child_peak_rss_mb < 80 and light.scalars["peak_rss_mb"] < 80
@@ -196,7 +223,7 @@ def test_peak_rss_is_the_workers_own_not_the_parents(fake):
 def test_missing_framework_is_skipped_naming_the_extra(tmp_path, fake, monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name in ("jax", "jaxlib", "onnx", "tf2onnx", "keras_hub")
+                        lambda name, *a: None if name in ("jax", "onnx", "tf2onnx", "keras_hub")
                         else real(name, *a))
     ran = []
 
@@ -204,8 +231,7 @@ def test_missing_framework_is_skipped_naming_the_extra(tmp_path, fake, monkeypat
         ran.append(json.loads(case_json)["engine"])
         return fake(case_json, result)
 
-    specs = [CaseSpec("keras-jax", "train", {"mode": "ok"}), CaseSpec("ort-keras-export", "infer", {"mode": "ok"}),
-             CaseSpec("kerashub-jax", "infer", {"mode": "ok"}), CaseSpec("fake-ok", "train", {"mode": "ok"})]
+    specs = [spec("keras-jax", "train"), spec("ort-keras-export"), spec("kerashub-jax"), spec("fake-ok", "train")]
     records = runner.run_cases(specs, tmp_path / "r.jsonl", rounds=2, command=command, log=Log())
     by_engine = {}
     for record in records:
@@ -222,33 +248,34 @@ def test_missing_framework_is_skipped_naming_the_extra(tmp_path, fake, monkeypat
 
 def test_worker_env_sets_backend_threads_and_devices():
     base = {"PATH": "/bin", "XLA_FLAGS": "--xla_dump_to=/tmp/x"}
-    jax_cpu = runner.worker_env(CaseSpec("keras-jax", "train", {"threads": 1, "device": "cpu"}), base)
+    jax_cpu = runner.worker_env("keras-jax", 1, "cpu", base)
     assert jax_cpu["KERAS_BACKEND"] == "jax"
     assert jax_cpu["OMP_NUM_THREADS"] == jax_cpu["MKL_NUM_THREADS"] == jax_cpu["TF_NUM_INTRAOP_THREADS"] == "1"
     assert jax_cpu["XLA_FLAGS"].startswith("--xla_dump_to=/tmp/x") and "intra_op_parallelism_threads=1" in jax_cpu["XLA_FLAGS"]
     assert jax_cpu["CUDA_VISIBLE_DEVICES"] == "" and jax_cpu["TF_CPP_MIN_LOG_LEVEL"] == "2"
-    torch_gpu = runner.worker_env(CaseSpec("keras-torch", "infer", {"threads": 4, "device": "cuda"}), base)
+    torch_gpu = runner.worker_env("keras-torch", 4, "cuda", base)
     assert torch_gpu["KERAS_BACKEND"] == "torch" and torch_gpu["OMP_NUM_THREADS"] == "4"
     assert "CUDA_VISIBLE_DEVICES" not in torch_gpu and torch_gpu["XLA_FLAGS"] == base["XLA_FLAGS"]
-    assert runner.worker_env(CaseSpec("keras-tensorflow-xla", "infer"), base)["KERAS_BACKEND"] == "tensorflow"
-    assert "KERAS_BACKEND" not in runner.worker_env(CaseSpec("torch-eager", "infer"), base)
+    assert runner.worker_env("keras-tensorflow-xla", None, "cpu", base)["KERAS_BACKEND"] == "tensorflow"
+    assert "KERAS_BACKEND" not in runner.worker_env("torch-eager", None, "cpu", base)
 
 
 def test_worker_gets_its_environment_and_is_pinned_to_its_threads(fake):
-    [record] = runner.run_group([CaseSpec("keras-jax", "train", {"mode": "env", "threads": 1})], command=fake)
+    [record] = runner.run_group([spec("keras-jax", "train", threads=1)],
+                                command=fake.given({"keras-jax": {"mode": "env"}}))
     assert record.status == "ok"
     assert record.scalars == {"keras_backend": "jax", "omp": "1", "cores": 1}
     assert len(os.sched_getaffinity(0)) >= 1  # the parent keeps all its cores
 
 
-def test_unknown_workload_is_refused_before_anything_runs(tmp_path, fake):
-    with pytest.raises(ValueError, match="workload"):
-        runner.run_cases([CaseSpec("fake", "dance", {"mode": "ok"})], tmp_path / "r.jsonl", command=fake)
-    assert not (tmp_path / "r.jsonl").exists()
+def test_unknown_workload_is_refused_when_the_case_is_made():
+    with pytest.raises(ValueError, match="unknown workload 'dance'; choose one of train, infer"):
+        spec("fake", "dance")
 
 
 def test_environment_capture_reads_metadata_and_imports_no_framework():
-    code = ("import sys, json; from llmdual.bench import bars, env, report, results, runner, flops, stats; "
+    code = ("import sys, json; from llmdual.bench import env, flops, runner; "
+            "from llmdual.bench.report import bars, results, stats, tables; "
             "doc = env.capture(threads=2, flags={'out': __import__('pathlib').Path('x')}); "
             "print(json.dumps([doc, sorted(m for m in ('torch', 'tensorflow', 'keras', 'jax') if m in sys.modules)]))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
@@ -295,9 +322,11 @@ GROUP_WORKER = textwrap.dedent('''
     parser = argparse.ArgumentParser()
     parser.add_argument("--case-json", action="append", required=True)
     parser.add_argument("--result", action="append", required=True)
+    parser.add_argument("--modes", default="{}")
     args = parser.parse_args()
+    modes = json.loads(args.modes)
     for case_json, path in zip(args.case_json, args.result):
-        mode = json.loads(case_json)["settings"]["mode"]
+        mode = modes.get(json.loads(case_json)["workload"], "ok")
         if mode == "crash":
             os._exit(3)
         if mode == "hang":
@@ -312,16 +341,26 @@ GROUP_WORKER = textwrap.dedent('''
 
 @pytest.fixture
 def group_fake(tmp_path):
+    """A command builder factory: the group worker, each (engine, workload) behaving as ``modes`` says (else ok)."""
     script = tmp_path / "group_worker.py"
     script.write_text(GROUP_WORKER)
-    return lambda case_json, result: [sys.executable, str(script), "--case-json", case_json, "--result", result]
+
+    def given(modes):
+        def build(case_json, result):
+            engine = json.loads(case_json)["engine"]
+            mine = {w: m for (e, w), m in modes.items() if e == engine}
+            return [sys.executable, str(script), "--case-json", case_json, "--result", result,
+                    "--modes", json.dumps(mine)]
+        return build
+
+    return given
 
 
 def test_one_process_per_engine_and_a_crash_costs_only_its_case(tmp_path, group_fake):
-    specs = [CaseSpec("fake-a", w, {"mode": m}) for w, m in
-             (("train", "ok"), ("infer", "crash"), ("generate", "ok"), ("classify", "ok"))]
+    specs = [spec("fake-a", w) for w in ("train", "infer", "generate", "classify")]
     seen = []
-    records = runner.run_group(specs, timeout_s=30, command=group_fake, emit=seen.append)
+    records = runner.run_group(specs, timeout_s=30, command=group_fake({("fake-a", "infer"): "crash"}),
+                               emit=seen.append)
     assert records == seen
     assert [r.status for r in records] == ["ok", "crashed", "ok", "ok"]
     assert records[1].returncode == 3 and "exit code 3" in records[1].reason
@@ -330,14 +369,13 @@ def test_one_process_per_engine_and_a_crash_costs_only_its_case(tmp_path, group_
 
 
 def test_a_hanging_case_times_out_alone_and_the_group_goes_on(tmp_path, group_fake):
-    specs = [CaseSpec("fake-a", "train", {"mode": "ok"}), CaseSpec("fake-a", "infer", {"mode": "hang"}),
-             CaseSpec("fake-a", "generate", {"mode": "ok"})]
-    records = runner.run_group(specs, timeout_s=3, command=group_fake)
+    specs = [spec("fake-a", w) for w in ("train", "infer", "generate")]
+    records = runner.run_group(specs, timeout_s=3, command=group_fake({("fake-a", "infer"): "hang"}))
     assert [r.status for r in records] == ["ok", "timeout", "ok"]
 
 
 def test_plan_runs_each_engine_once_per_round_in_a_seeded_shuffled_order():
-    specs = [CaseSpec(f"e{i}", w, {"threads": 2}) for i in range(5) for w in ("train", "infer", "generate")]
+    specs = [spec(f"e{i}", w, threads=2) for i in range(5) for w in ("train", "infer", "generate")]
     order = runner.plan(specs, rounds=2, seed=4)
     assert len(order) == 10 and all(len({s.engine for s in group}) == 1 and len(group) == 3 for _, group in order)
     engines = [[group[0].engine for r, group in order if r == k] for k in range(2)]
@@ -349,10 +387,9 @@ def test_plan_runs_each_engine_once_per_round_in_a_seeded_shuffled_order():
 
 
 def test_run_cases_per_engine_records_every_case_in_the_jsonl(tmp_path, group_fake):
-    specs = [CaseSpec(e, w, {"mode": "crash" if (e, w) == ("fake-b", "infer") else "ok"})
-             for e in ("fake-a", "fake-b") for w in ("train", "infer")]
+    specs = [spec(e, w) for e in ("fake-a", "fake-b") for w in ("train", "infer")]
     jsonl = tmp_path / "runs.jsonl"
-    records = runner.run_cases(specs, jsonl, rounds=2, command=group_fake, log=Log())
+    records = runner.run_cases(specs, jsonl, rounds=2, command=group_fake({("fake-b", "infer"): "crash"}), log=Log())
     assert len(records) == 8 and read_jsonl(jsonl) == [r.to_dict() for r in records]
     status = {(r.engine, r.workload, r.round): r.status for r in records}
     assert sorted(k for k, v in status.items() if v != "ok") == [("fake-b", "infer", 0), ("fake-b", "infer", 1)]

@@ -5,7 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmdual.bench import flops, stats
+from llmdual.bench import flops
+from llmdual.bench.report import stats
 from llmdual.core.config import PRESETS, Config
 from llmdual.core.weights import canonical_shapes
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from llmdual.bench import charts, report, results, verdict
-from llmdual.bench.engines import ENGINES
+from llmdual.bench.engines.table import ENGINES
+from llmdual.bench.report import charts, results, tables, verdict
 from llmdual.core.config import Config
 
 TINY = Config.preset("tiny").to_dict()
@@ -89,7 +89,7 @@ def test_table_cells_whose_interval_contains_one_are_marked_noise():
     doc = document([run("torch-eager", "infer", sample(5000, 3, spread=150)),
                     run("keras-jax", "infer", sample(5000, 4, spread=150)),
                     run("keras-torch", "infer", sample(2500, 5, spread=50))])
-    header, rows = report.workload_table(doc, "infer")
+    header, rows = tables.workload_table(doc, "infer")
     column = [row[header.index("vs fastest")] for row in rows]
     assert column[0] == "fastest" and column[1].endswith(" noise") and not column[2].endswith("noise")
 
@@ -111,15 +111,16 @@ def test_caveats_state_precision_and_scale():
 
 
 def test_settings_read_as_words_not_a_raw_dump():
-    md = report.markdown_report(trio(), "training")
+    md = tables.markdown_report(trio(), "training")
     assert "- Matmul peak 324 GFLOP/s (best matmul probe of the run (torch-eager))" in md
     assert "probe_flops" not in md and "`{" not in md
 
 
 def test_every_framework_has_its_own_fixed_colour_and_compiled_engines_are_hatched():
     frameworks = {engine.framework for engine in ENGINES.values()}
-    assert frameworks <= set(charts.FRAMEWORK_COLOURS)
-    assert len(set(charts.FRAMEWORK_COLOURS.values())) == len(charts.FRAMEWORK_COLOURS)
+    assert {engine.framework for engine in ENGINES.values() if not engine.generic} <= set(charts.FRAMEWORK_COLOURS)
+    colours = {charts.colour_of(framework) for framework in frameworks}
+    assert len(colours) == len(frameworks) and charts.OTHER_COLOUR not in colours  # generic ones too
     assert charts._hatch("keras-tensorflow-xla") and not charts._hatch("keras-tensorflow")
     assert charts._hatch("torch-compile") and not charts._hatch("torch-eager")
 

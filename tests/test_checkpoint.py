@@ -1,6 +1,7 @@
 """Model files (``llmdual.save``/``load``): bit-identical round trips across backends and clear errors."""
 
 import json
+from itertools import product
 from pathlib import Path
 
 import numpy as np
@@ -8,9 +9,10 @@ import pytest
 from safetensors.numpy import save_file
 
 import llmdual
+from llmdual.contract import backends
 
 
-@pytest.mark.parametrize("src, dst", [("torch", "keras"), ("keras", "torch"), ("torch", "torch"), ("keras", "keras")])
+@pytest.mark.parametrize("src, dst", product(backends(), repeat=2))  # every writer and reader, itself included
 def test_save_load_is_bit_identical(tiny, task, src, dst, tmp_path):
     model = llmdual.build(tiny, src, task, seed=3)
     path = llmdual.save(model, tmp_path / "m.safetensors")

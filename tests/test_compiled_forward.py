@@ -13,7 +13,7 @@ import pytest
 from keras import ops
 
 import llmdual
-from llmdual.keras_backend import api
+from llmdual.backends.keras import api
 
 TOL = 1e-5  # fp32: graph and eager sum in different orders (logits are O(1))
 

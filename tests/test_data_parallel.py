@@ -4,13 +4,14 @@ against one device, across frameworks, with accumulation and resumed across degr
 import numpy as np
 import pytest
 
+from llmdual.contract import backend
 from llmdual.core import shard
-from llmdual.parallel import launch
 from llmdual.core.config import Config
+from llmdual.core.recipe import History, TrainConfig
+from llmdual.parallel import launch
 from llmdual.parity import checks_for
 from llmdual.parity import data_parallel as dp
 from llmdual.parity.core import ParityContext
-from llmdual.core.recipe import History, TrainConfig
 from llmdual.training import Monitor, latest_run_state, run_state_prefix
 
 ACCUMULATING = ("torch-ddp", "keras-jax", "keras-tf-multiworker")
@@ -50,8 +51,13 @@ def test_bad_degrees_are_refused():
         shard.shard((np.zeros((4, 2)),), 2, 2, 1)
     with pytest.raises(ValueError, match="RANK must be in"):
         shard.rank_and_world({"RANK": "2", "WORLD_SIZE": "2"})
-    with pytest.raises(ValueError, match="launch it as: torchrun --nproc-per-node 2"):
+    with pytest.raises(ValueError, match=r"^TrainConfig.data_parallel is 2 but this torch run has 1 "
+                                         r"rank\(s\)/replica\(s\); launch it as: torchrun$"):
         shard.check_launched(2, 1, "torch", "torchrun")
+    # not started by torchrun: one rank
+    with pytest.raises(ValueError, match="this torch run has 1 rank.*launch it as: torchrun --nproc-per-node 2"), \
+            backend("torch", "data-parallel").data_parallel_scope(2):
+        pass
     assert shard.rank_and_world({}) == (0, 1)
     with pytest.raises(ValueError, match="LLMDUAL_COORDINATOR must be host:port"):
         launch.coordinator({launch.COORDINATOR: "localhost"})
@@ -76,7 +82,7 @@ def test_each_process_of_a_multi_process_engine_learns_its_rank():
 def test_the_torch_engines_launch_with_torchrun_and_name_their_wrapper(monkeypatch):
     from torch import nn
 
-    from llmdual.torch_backend.distributed import wrap
+    from llmdual.backends.torch.distributed import wrap
 
     for engine, mode in [("torch-ddp", "ddp"), ("torch-fsdp", "fsdp")]:
         assert launch.launcher_env(engine, 2, threads=2)[shard.TORCH_DP] == mode
@@ -96,7 +102,7 @@ def test_torchrun_failure_names_the_rank():
 @pytest.mark.parametrize("rank", [0, 1])
 def test_only_rank_0_writes_run_states(tmp_path, tiny, rank):
     import llmdual
-    from llmdual.torch_backend.train import make_optimizer, moments
+    from llmdual.backends.torch.train import make_optimizer, moments
 
     model = llmdual.build(tiny, "torch")
     cfg = TrainConfig(steps=1, batch_size=2, checkpoint_dir=str(tmp_path), progress=False)

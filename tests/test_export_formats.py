@@ -1,18 +1,24 @@
-"""Native export formats (torch.export, AOTInductor, TensorFlow SavedModel, LiteRT): verified in a fresh process,
-dynamic in batch and sequence, greedy-identical through their KV decoders, strict about what they refuse.
-Every export is of the tiny preset; AOTInductor compiles once (it is the slow one)."""
+"""Native export formats, every one the registry names (torch.export, AOTInductor, TensorFlow SavedModel, LiteRT):
+saved by its backend, verified in a fresh process, reloaded dynamic in batch and sequence, greedy-identical
+through their KV decoders, strict about what they refuse. Every export is of the tiny preset; AOTInductor
+compiles once (it is the slow one)."""
 
 from __future__ import annotations
 
-import importlib
+import dataclasses
+import re
+from itertools import permutations
 
 import numpy as np
 import pytest
 
 import llmdual
+from llmdual import contract
 from llmdual.contract import backend as backend_package
-from llmdual.native import NativeDecoder, load
+from llmdual.contract import backends, export_formats, info, native_formats
 from llmdual.core.signature import VerificationError, default_shapes, shape_label
+from llmdual.export import formats_for
+from llmdual.native import NativeDecoder, load
 
 # Float32 throughout: torch.export runs the model's own kernels, AOTInductor and the SavedModel's TF graph fuse
 # or reorder them, so exports differ from native by float32 rounding (~1e-7 on the tiny preset); 1e-4 is the
@@ -20,16 +26,19 @@ from llmdual.core.signature import VerificationError, default_shapes, shape_labe
 ATOL = 1e-4
 # The SavedModel of the plain model.export path is checked in test_failed_verification_raises_and_leaves_nothing:
 # its mismatch is exactly the injected 0.5, so the export itself matched.
-CASES = [("torch-export", "lm-kv"), ("torch-export", "classifier"), ("saved-model", "lm-kv"), ("litert", "lm")]
-BACKEND = {"torch-export": "torch", "aoti": "torch", "saved-model": "keras", "litert": "keras"}
+NATIVE = native_formats()  # format -> (the backend that writes it, the format)
+# Every registered format's decoder: the KV-cache step, or the plain LM where the format exports only that
+DECODERS = [(f, "lm" if spec.plain_lm_only else "lm-kv") for f, (_, spec) in NATIVE.items()]
+# ... and a classifier, in the first format that exports one
+CASES = DECODERS + [(next(f for f, (_, spec) in NATIVE.items() if not spec.plain_lm_only), "classifier")]
 
 
 def model_for(models, format: str, kind: str):
-    return models[BACKEND[format], "classifier" if kind == "classifier" else "lm"]
+    return models[NATIVE[format][0], "classifier" if kind == "classifier" else "lm"]
 
 
 def target(folder, format: str, kind: str):
-    return folder / (f"{format}-{kind}" + (".pt2" if BACKEND[format] == "torch" else ""))
+    return folder / (f"{format}-{kind}" + NATIVE[format][1].suffix)
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +79,7 @@ def test_reloaded_export_matches_native_at_new_batch_and_sequence(config, models
         np.testing.assert_allclose(artefact.logits(ids, mask), want, atol=ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("format, kind", [("torch-export", "lm-kv"), ("saved-model", "lm-kv"), ("litert", "lm")])
+@pytest.mark.parametrize("format, kind", DECODERS)
 def test_decoder_greedy_tokens_equal_native(config, models, exported, format, kind):
     model = model_for(models, format, kind)
     rows = prompts(config) if kind == "lm-kv" else prompts(config)[:1]  # a plain export takes unpadded prompts
@@ -80,38 +89,38 @@ def test_decoder_greedy_tokens_equal_native(config, models, exported, format, ki
     assert len(set(want[0].tolist())) > 2  # varied tokens: the comparison can tell decoders apart
 
 
-def test_aoti_kv_decoder_greedy_tokens_equal_native(config, models, tmp_path):
-    model = models["torch", "lm"]
-    result = llmdual.export(model, tmp_path / "lm-kv.pt2", format="aoti", kv_cache=True)
-    assert set(result.max_abs_diff) == {shape_label(s) for s in default_shapes(config, True)}
-    assert max(result.max_abs_diff.values()) <= ATOL
-    artefact = load(result.path, "aoti")
-    ids = np.random.default_rng(3).integers(0, config.vocab_size, (3, 11))
-    np.testing.assert_allclose(artefact.logits(ids), llmdual.forward(model, ids), atol=ATOL, rtol=0)
-    rows = prompts(config)
-    got = llmdual.generate(NativeDecoder(artefact), rows, 12)
-    assert [list(g) for g in got] == [list(w) for w in llmdual.generate(model, rows, 12)]
+def test_every_native_format_belongs_to_a_backend_that_exports_natively(models):
+    for format, (name, spec) in NATIVE.items():
+        assert info(name).offers("native-export") and spec.kind in ("file", "folder"), format
+        assert format in export_formats(name) and format in formats_for(models[name, "lm"]), format
+    assert all(native_formats(b) for b in backends("native-export"))
+    assert export_formats() == ["onnx", *NATIVE]
+    assert {f for f, _ in CASES} == set(NATIVE)  # every one is saved, reloaded and decoded by the tests above
 
 
-def test_every_format_belongs_to_a_backend():
-    formats = importlib.import_module("llmdual.export").FORMATS
-    offered = {name: backend_package(name).native_formats() for name in ("torch", "keras")}
-    assert list(formats) == ["onnx", *offered["torch"], *offered["keras"]]
-    assert all(formats[f] == name for name, own in offered.items() for f in own)
-    native = importlib.import_module("llmdual.native.export").FORMATS
-    assert {f: b for f, (b, _) in native.items()} == {f: b for f, b in formats.items() if f != "onnx"}
+@pytest.mark.parametrize("own, other", permutations(backends("native-export"), 2))
+def test_formats_of_another_backend_are_refused(models, tmp_path, own, other):
+    format = next(iter(native_formats(other)))
+    message = (f"format '{format}' is not available for a {own} model; the {own} backend exports to "
+               f"{', '.join(export_formats(own))}")
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        llmdual.export(models[own, "lm"], target(tmp_path, format, "lm"), format=format)
+    assert list(tmp_path.iterdir()) == []
 
 
-def test_formats_of_the_other_backend_and_unknown_ones_are_refused(models, tmp_path):
-    with pytest.raises(ValueError, match="'saved-model' is not available for a torch model; the torch backend "
-                                         "exports to onnx, torch-export, aoti"):
-        llmdual.export(models["torch", "lm"], tmp_path / "m", format="saved-model")
-    with pytest.raises(ValueError, match="'aoti' is not available for a keras model; the keras backend exports to "
-                                         "onnx, saved-model, litert"):
-        llmdual.export(models["keras", "lm"], tmp_path / "m.pt2", format="aoti")
-    with pytest.raises(ValueError, match="unknown export format 'tflite'; choose one of onnx, torch-export, aoti, "
-                                         "saved-model, litert"):
-        llmdual.export(models["keras", "lm"], tmp_path / "m", format="tflite")
+@pytest.mark.parametrize("name", [b for b in backends() if not export_formats(b)])
+def test_a_backend_without_exports_refuses_every_format(tiny, tmp_path, name):
+    model = llmdual.build(tiny, name)
+    with pytest.raises(ValueError, match=f"^format 'onnx' is not available for a {name} model; the {name} backend "
+                                         "exports to nothing$"):
+        llmdual.export(model, tmp_path / "m.onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_formats_are_refused(models, tmp_path):
+    message = f"unknown export format 'tflite'; choose one of {', '.join(export_formats())}"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        llmdual.export(next(iter(models.values())), tmp_path / "m", format="tflite")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -135,25 +144,27 @@ def test_bad_arguments_error_before_exporting(models, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 
-def test_missing_onnx_extra_is_named(models, tmp_path, monkeypatch):
-    module = importlib.import_module("llmdual.export")
-    monkeypatch.setitem(module.ONNX_PACKAGES, "torch", ("onnx", "llmdual_absent_package"))
+@pytest.mark.parametrize("name", backends("onnx"))
+def test_missing_onnx_extra_is_named(models, tmp_path, monkeypatch, name):
+    absent = dataclasses.replace(info(name), onnx_needs=("llmdual_absent_package",))
+    monkeypatch.setitem(contract.REGISTRY, name, absent)
     with pytest.raises(ImportError, match=r"needs llmdual_absent_package.*pip install 'llmdual\[onnx\]'"):
-        llmdual.export(models["torch", "lm"], tmp_path / "m.onnx")
+        llmdual.export(models[name, "lm"], tmp_path / "m.onnx")
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("format, task", [("torch-export", "lm"), ("saved-model", "classifier")])
 def test_failed_verification_raises_and_leaves_nothing(models, tmp_path, monkeypatch, format, task):
-    package = backend_package(BACKEND[format])
+    package = backend_package(NATIVE[format][0])
     real_run = package.run_signature
     monkeypatch.setattr(package, "run_signature", lambda *a: [x + 0.5 for x in real_run(*a)])
     path = target(tmp_path, format, task)
     if format == "saved-model":  # a folder already there stays as it was
         path.mkdir()
         (path / "kept").write_text("x")
-    with pytest.raises(VerificationError, match=rf"does not match the native {BACKEND[format]} model .*"
+    with pytest.raises(VerificationError, match=rf"does not match the native {NATIVE[format][0]} model .*"
                                                 r"max abs diff 5\.000e-01"):
-        llmdual.export(models[BACKEND[format], task], path, format=format)
+        llmdual.export(models[NATIVE[format][0], task], path, format=format)
     assert [p.name for p in tmp_path.iterdir()] == ([path.name] if format == "saved-model" else [])
     if format == "saved-model":
         assert [p.name for p in path.iterdir()] == ["kept"]

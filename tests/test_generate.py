@@ -1,16 +1,24 @@
-"""Generation in both backends: KV cache vs recompute, ragged batches, seeded sampling, text prompts, stopping."""
+"""Generation in every backend that decodes: KV cache vs recompute, ragged batches, seeded sampling, text
+prompts, stopping."""
 
 import numpy as np
 import pytest
+from conftest import logits_dtype
 
 import llmdual
+from llmdual.contract import backends
 from llmdual.generate import decoder_for, left_pad
+
+
+@pytest.fixture(params=backends("decoding"))
+def backend(request) -> str:
+    return request.param
 
 
 @pytest.fixture(scope="module")
 def models():
     config = llmdual.Config.preset("tiny")
-    return {b: llmdual.build(config, b, seed=3) for b in ("torch", "keras")}
+    return {b: llmdual.build(config, b, seed=3) for b in backends("decoding")}
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +30,7 @@ def tokenizer():
 @pytest.fixture(scope="module")
 def text_models(tokenizer):
     config = llmdual.Config.preset("tiny").replace(vocab_size=tokenizer.vocab_size)
-    return {b: llmdual.build(config, b, seed=3) for b in ("torch", "keras")}
+    return {b: llmdual.build(config, b, seed=3) for b in backends("decoding")}
 
 
 def reference_greedy(model, prompt: np.ndarray, n: int) -> np.ndarray:
@@ -48,11 +56,12 @@ def test_ragged_batch_matches_each_prompt_alone(models, backend):
         np.testing.assert_array_equal(out, llmdual.generate(models[backend], prompt, 12))
 
 
-def test_seeded_sampling_gives_the_same_tokens_in_both_backends(models):
+def test_seeded_sampling_gives_the_same_tokens_in_every_backend(models):
     prompts = np.array([[1, 2, 3], [4, 5, 6]])
     kwargs = dict(temperature=0.9, top_k=50, top_p=0.95, seed=11)
-    outs = [np.stack(llmdual.generate(models[b], prompts, 20, **kwargs)) for b in ("torch", "keras")]
-    np.testing.assert_array_equal(*outs)
+    outs = [np.stack(llmdual.generate(models[b], prompts, 20, **kwargs)) for b in backends("decoding")]
+    for out in outs[1:]:
+        np.testing.assert_array_equal(out, outs[0])
     again = np.stack(llmdual.generate(models["torch"], prompts, 20, **{**kwargs, "seed": 12}))
     assert not np.array_equal(outs[0], again)  # the seed matters
 
@@ -80,7 +89,7 @@ def test_kv_cache_is_static_and_fills_one_slot_per_step(models, backend):
     decoder = decoder_for(models[backend], use_cache=True)
     ids, mask = left_pad([[1, 2, 3]], pad_id=0)
     logits, state = decoder.prefill(ids, mask, max_len=10)
-    assert logits.shape == (1, models[backend].config.vocab_size) and logits.dtype == np.float32
+    assert logits.shape == (1, models[backend].config.vocab_size) and logits.dtype == logits_dtype(backend)
     mask = np.concatenate([mask, np.ones((1, 1), np.int64)], axis=1)
     _, state2 = decoder.step(np.array([[4]]), mask, state)
     keys = np.asarray(state2.cache[0][0])  # layer 0: [B, H, L, D]

@@ -1,4 +1,5 @@
-"""Integrity of what llmdual writes and reads back, in both backends: model files and optimizer state carry a
+"""Integrity of what llmdual writes and reads back, in every backend (training's in each that trains): model files
+and optimizer state carry a
 checksum, optimizer moments are checked before they reach an optimizer, weight snapshots are copies, writes are
 atomic and durable, the run folder is checked before step 0, and model files and run state keep distinct names."""
 
@@ -18,11 +19,15 @@ from safetensors.numpy import save_file
 
 import llmdual
 from llmdual import training
-from llmdual.core import io
 from llmdual.contract import backend as backend_package
+from llmdual.contract import backends, info
+from llmdual.core import io
 from llmdual.core.io import read_optimizer_state, write_optimizer_state
 from llmdual.core.recipe import TrainConfig
 from llmdual.training import latest_run_state
+
+# what trains or reads run states runs on every backend that trains; model files, on every backend
+TRAINING_BACKENDS = pytest.mark.parametrize("backend", backends("training"))
 
 
 def train_config(**changes) -> TrainConfig:
@@ -117,6 +122,7 @@ llmdual.train(model, get_batch, TrainConfig(steps=4, batch_size=4, warmup_steps=
 """
 
 
+@TRAINING_BACKENDS
 def test_resuming_with_a_wrong_shaped_moment_fails_cleanly(backend, tmp_path):
     """In a subprocess: a wrong-shaped moment used to corrupt PyTorch's heap (SIGSEGV); now a ValueError, exit 1."""
     optim = run_state(backend, tmp_path).with_suffix(".optim.safetensors")
@@ -131,6 +137,7 @@ def test_resuming_with_a_wrong_shaped_moment_fails_cleanly(backend, tmp_path):
     assert "does not fit this lm model: m.wte.weight: shape (10, 64), expected (256, 64)" in done.stderr
 
 
+@TRAINING_BACKENDS
 @pytest.mark.parametrize("problem, edit, message", [
     ("larger", lambda m: m.update({"v.ln_f.bias": np.zeros(65, np.float32)}), r"v.ln_f.bias: shape \(65,\), expected"),
     ("float64", lambda m: m.update({"v.ln_f.bias": m["v.ln_f.bias"].astype(np.float64)}),
@@ -140,7 +147,7 @@ def test_resuming_with_a_wrong_shaped_moment_fails_cleanly(backend, tmp_path):
 ])
 def test_bad_moments_never_reach_the_optimizer(tiny, backend, problem, edit, message):
     """``load_moments`` checks every moment first: a bad last entry leaves the optimizer untouched."""
-    module = importlib.import_module(f"llmdual.{backend}_backend.train")
+    module = importlib.import_module(f"{info(backend).package}.train")
     model = llmdual.build(tiny, backend)
     optimizer = module.make_optimizer(model, train_config())
     state = {name: np.ones_like(value) for name, value in module.moments(optimizer, model).items()}
@@ -150,6 +157,7 @@ def test_bad_moments_never_reach_the_optimizer(tiny, backend, problem, edit, mes
     assert all(not value.any() for value in module.moments(optimizer, model).values())
 
 
+@TRAINING_BACKENDS
 def test_a_modified_optimizer_state_is_refused(backend, tmp_path):
     optim = run_state(backend, tmp_path).with_suffix(".optim.safetensors")
     flip_byte(optim)
@@ -158,6 +166,7 @@ def test_a_modified_optimizer_state_is_refused(backend, tmp_path):
         llmdual.train(model, get_batch, train_config(steps=4), resume=tmp_path)
 
 
+@TRAINING_BACKENDS
 def test_optimizer_state_written_before_checksums_resumes_with_a_warning(backend, tmp_path):
     optim = run_state(backend, tmp_path).with_suffix(".optim.safetensors")
     save_file(read_optimizer_state(optim), optim)  # no metadata: as run states were written before
@@ -169,6 +178,7 @@ def test_optimizer_state_written_before_checksums_resumes_with_a_warning(backend
 
 # 3. get_weights returns copies.
 
+@TRAINING_BACKENDS
 def test_a_weight_snapshot_does_not_follow_training(tiny, backend):
     model = llmdual.build(tiny, backend, seed=0)
     snapshot = llmdual.get_weights(model)
@@ -218,6 +228,7 @@ class Batches:
         return get_batch(step)
 
 
+@TRAINING_BACKENDS
 @pytest.mark.parametrize("where", ["a file", "under a file"])
 def test_an_unusable_checkpoint_dir_fails_before_step_0(tiny, backend, tmp_path, where):
     (tmp_path / "file").write_text("not a folder")
@@ -228,6 +239,7 @@ def test_an_unusable_checkpoint_dir_fails_before_step_0(tiny, backend, tmp_path,
     assert batches.asked == []
 
 
+@TRAINING_BACKENDS
 def test_an_unwritable_checkpoint_dir_fails_before_step_0(tiny, backend, tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
@@ -239,6 +251,7 @@ def test_an_unwritable_checkpoint_dir_fails_before_step_0(tiny, backend, tmp_pat
     assert batches.asked == []
 
 
+@TRAINING_BACKENDS
 def test_the_checkpoint_dir_is_created_before_step_0(tiny, backend, tmp_path):
     def failing(step):
         raise RuntimeError("no data")
@@ -251,6 +264,7 @@ def test_the_checkpoint_dir_is_created_before_step_0(tiny, backend, tmp_path):
 
 # 6. Model file and run state are distinct names.
 
+@TRAINING_BACKENDS
 def test_model_file_and_run_state_are_named_apart(tiny, backend, tmp_path):
     assert not [name for name in vars(training) if "checkpoint" in name and callable(getattr(training, name))]
     prefix = run_state(backend, tmp_path)

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import other_hosts
 
 SCRIPT = """
 import json, sys
@@ -17,7 +18,7 @@ json.dump({"backend": keras.backend.backend(), "reports": [r.to_dict() for r in 
 """
 
 
-@pytest.mark.parametrize("keras_backend", ["jax", "torch"])
+@pytest.mark.parametrize("keras_backend", other_hosts("keras"))
 def test_parity_on_other_keras_backends(keras_backend):
     env = {**os.environ, "KERAS_BACKEND": keras_backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
     done = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)

@@ -1,11 +1,13 @@
-"""LoRA in both backends: canonical adapter names, the shared initializer, freezing, merging, adapter files across
-backends, training the adapters alone (with resumable run states), bad input, and the ``lora`` parity group.
+"""LoRA in every backend that takes adapters: canonical adapter names, the shared initializer, freezing, merging,
+adapter files across backends, training the adapters alone (with resumable run states), bad input, and the ``lora``
+parity group.
 
 Tolerances: logits of the same fp32 math through different kernels agree to a few ulps of values ~1, so 1e-5
 absolute (as every logits check); B = 0 adds an exact zero, so logits are then bit-identical to the base model's.
 """
 
 import json
+from itertools import combinations, permutations
 
 import numpy as np
 import pytest
@@ -13,15 +15,21 @@ from safetensors import safe_open
 
 import llmdual
 from llmdual import parity
+from llmdual.contract import backends
 from llmdual.core.lora_spec import init_lora, lora_spec, resolve_targets
+from llmdual.core.weights import canonical_shapes
 from llmdual.parity import ParityContext
 from llmdual.parity import lora as lora_parity
 from llmdual.parity import training as training_parity
 from llmdual.training import run_state_prefix
-from llmdual.core.weights import canonical_shapes
 
 ALL = ("c_attn", "c_proj", "c_fc", "mlp.c_proj")
 ATOL = 1e-5
+
+
+@pytest.fixture(params=backends("lora"))
+def backend(request) -> str:
+    return request.param
 
 
 def lora_model(config, backend, init_b="normal", **changes):
@@ -31,15 +39,16 @@ def lora_model(config, backend, init_b="normal", **changes):
 
 
 def test_adapters_have_canonical_names_and_start_identical(tiny, ids):
-    base = {b: llmdual.forward(llmdual.build(tiny, b), ids) for b in ("torch", "keras")}
-    models = {b: lora_model(tiny, b, init_b="zeros") for b in ("torch", "keras")}
-    wt, wk = (llmdual.get_weights(models[b]) for b in ("torch", "keras"))
+    base = {b: llmdual.forward(llmdual.build(tiny, b), ids) for b in backends("lora")}
+    models = {b: lora_model(tiny, b, init_b="zeros") for b in backends("lora")}
+    first, *others = (llmdual.get_weights(model) for model in models.values())
     C = tiny.d_model
-    assert wt["h.0.attn.c_attn.lora_A"].shape == (C, 4) and wt["h.0.attn.c_attn.lora_B"].shape == (4, 3 * C)
-    assert wt["h.1.mlp.c_proj.lora_A"].shape == (tiny.d_ff, 4) and wt["h.1.mlp.c_proj.lora_B"].shape == (4, C)
-    assert list(wt) == list(wk) == list(canonical_shapes(tiny, "lm", models["torch"].lora))
-    assert all(np.array_equal(wt[n], wk[n]) for n in wt)  # one numpy initializer for both
-    assert not wt["h.0.attn.c_attn.lora_B"].any() and wt["h.0.attn.c_attn.lora_A"].std() > 0
+    assert first["h.0.attn.c_attn.lora_A"].shape == (C, 4) and first["h.0.attn.c_attn.lora_B"].shape == (4, 3 * C)
+    assert first["h.1.mlp.c_proj.lora_A"].shape == (tiny.d_ff, 4) and first["h.1.mlp.c_proj.lora_B"].shape == (4, C)
+    assert list(first) == list(canonical_shapes(tiny, "lm", next(iter(models.values())).lora))
+    for weights in others:  # one numpy initializer for every backend
+        assert list(weights) == list(first) and all(np.array_equal(weights[n], first[n]) for n in first)
+    assert not first["h.0.attn.c_attn.lora_B"].any() and first["h.0.attn.c_attn.lora_A"].std() > 0
     for b, model in models.items():  # B = 0: the adapted model starts exactly where the base model was
         np.testing.assert_array_equal(llmdual.forward(model, ids), base[b])
 
@@ -54,15 +63,17 @@ def test_only_adapters_are_trainable(tiny, backend):
     assert all("lora" in n for n in trainable)
 
 
-def test_torch_and_keras_agree_with_nonzero_adapters(tiny, ids):
-    t, k = lora_model(tiny, "torch"), lora_model(tiny, "keras")
-    np.testing.assert_allclose(llmdual.forward(t, ids), llmdual.forward(k, ids), atol=ATOL, rtol=0)
+@pytest.mark.parametrize("a, b", combinations(backends("lora"), 2))
+def test_backends_agree_with_nonzero_adapters(tiny, ids, a, b):
+    np.testing.assert_allclose(llmdual.forward(lora_model(tiny, a), ids), llmdual.forward(lora_model(tiny, b), ids),
+                               atol=ATOL, rtol=0)
 
 
-def test_the_comparison_can_fail(tiny, ids):
+@pytest.mark.parametrize("a, b", combinations(backends("lora"), 2))
+def test_the_comparison_can_fail(tiny, ids, a, b):
     """Another alpha moves the logits far beyond the tolerance: the checks above can catch a wrong scale."""
-    a, b = lora_model(tiny, "torch"), lora_model(tiny, "keras", alpha=9.0)
-    assert np.abs(llmdual.forward(a, ids) - llmdual.forward(b, ids)).max() > 100 * ATOL
+    first, second = lora_model(tiny, a), lora_model(tiny, b, alpha=9.0)
+    assert np.abs(llmdual.forward(first, ids) - llmdual.forward(second, ids)).max() > 100 * ATOL
 
 
 def test_target_names():
@@ -147,7 +158,7 @@ def test_generation_follows_the_adapters(tiny, backend):
     np.testing.assert_array_equal(llmdual.generate(model, prompt, 6, stop_at_eot=False)[0], reference)
 
 
-@pytest.mark.parametrize("src, dst", [("torch", "keras"), ("keras", "torch")])
+@pytest.mark.parametrize("src, dst", permutations(backends("lora"), 2))
 def test_adapters_saved_in_one_backend_load_in_the_other(tiny, ids, tmp_path, src, dst):
     model = lora_model(tiny, src)
     path = llmdual.save_lora(model, tmp_path / "adapters.safetensors")
@@ -196,7 +207,7 @@ def test_training_updates_the_adapters_alone_and_resumes(tiny, backend, tmp_path
     with safe_open(str(prefix.with_suffix(".optim.safetensors")), framework="numpy") as f:
         assert sorted(f.keys()) == sorted(f"{m}.{n}" for n in adapters for m in "mv")
     assert llmdual.load(prefix.with_suffix(".safetensors"), backend).lora is None  # the base model file
-    for reader in ("torch", "keras"):
+    for reader in backends("lora"):
         resumed = lora_model(tiny, reader, init_b="zeros")
         llmdual.train(resumed, training_parity.batches(ctx, 4), training_parity.train_config(steps=4), resume=prefix)
         got = llmdual.get_weights(resumed)
@@ -213,8 +224,12 @@ def test_lora_parity_group_passes(tiny):
     report = parity.run(tiny, "lm", seed=0, checks=lora_parity.CHECKS)
     assert report.passed, report.table()
     names = " ".join(c.name for c in report.checks)
-    for part in ("lora: logits", "adapter gradients", "per-step loss (20 steps)", "base weights frozen [keras]",
-                 "merged weights torch vs keras", "merged vs unmerged logits [torch]", "load_lora torch"):
+    lora = backends("lora")
+    parts = ["lora: logits", "adapter gradients", "per-step loss (20 steps)"]
+    parts += [f"{what} [{b}]" for b in lora for what in ("base weights frozen", "merged vs unmerged logits")]
+    parts += [f"merged weights {a} vs {b}" for a, b in combinations(lora, 2)]
+    parts += [f"save_lora {a} -> load_lora {b}" for a, b in permutations(lora, 2)]
+    for part in parts:
         assert part in names, part
 
 

@@ -10,6 +10,7 @@ import torch
 import transformers
 
 import llmdual
+from llmdual.contract import backends
 
 peft = pytest.importorskip("peft")
 
@@ -50,6 +51,7 @@ def test_to_hf_gpt2_loads_into_gpt2lmheadmodel():
     np.testing.assert_allclose(hf_logits(hf, ids), llmdual.forward(model, ids), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("backend", backends("lora"))
 def test_peft_loads_llmdual_adapters_onto_gpt2lmheadmodel(backend, tmp_path):
     hf, model = hf_pair(backend)
     llmdual.add_lora(model, rank=4, alpha=8.0, targets=("c_attn", "c_proj", "c_fc", "mlp.c_proj"), init_b="normal")

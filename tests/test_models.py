@@ -1,19 +1,23 @@
-"""Both backends: shapes, bad input errors, and the frameworks' own workflows (.keras, fit, torch.compile)."""
+"""Every backend: shapes, bad input errors, the registry's one-line refusals (unknown backend, missing framework,
+missing capability), and the frameworks' own workflows (.keras, fit, torch.compile)."""
 
 import importlib.util
+import re
 
 import numpy as np
 import pytest
+from conftest import framework_backends, logits_dtype, other_hosts
 
 import llmdual
 from llmdual import contract
+from llmdual.contract import CAPABILITIES, BackendInfo, backends, info
 
 
 def test_forward_shapes(tiny, backend, task, ids):
     model = llmdual.build(tiny, backend, task)
     logits = llmdual.forward(model, ids)
     expected = (2, 12, tiny.vocab_size) if task == "lm" else (2, tiny.num_classes)
-    assert logits.shape == expected and logits.dtype == np.float32
+    assert logits.shape == expected and logits.dtype == logits_dtype(backend)
     assert np.isfinite(logits).all()
     assert llmdual.backend_name(model) == backend and model.task == task
 
@@ -39,6 +43,7 @@ def test_too_long_sequence_raises(tiny, backend, task):
         llmdual.forward(llmdual.build(tiny, backend, task), ids)
 
 
+@pytest.mark.parametrize("backend", framework_backends())  # forward_cached: the framework models' own method
 def test_cache_past_the_context_raises(tiny, backend):
     model = llmdual.build(tiny, backend)
     ids = np.zeros((1, 40), np.int64)
@@ -52,19 +57,68 @@ def test_cache_past_the_context_raises(tiny, backend):
 
 
 def test_unknown_backend_and_task(tiny):
-    with pytest.raises(ValueError, match="unknown backend 'jaxx'; choose one of \\['keras', 'torch'\\]"):
+    expected = f"unknown backend 'jaxx'; choose one of {', '.join(backends())}"
+    with pytest.raises(ValueError, match=f"^{re.escape(expected)}$"):
         llmdual.build(tiny, "jaxx")
     with pytest.raises(ValueError, match="unknown task 'regression'"):
         llmdual.build(tiny, "torch", "regression")
     with pytest.raises(TypeError, match="config must be an llmdual.Config"):
         llmdual.build({"d_model": 4}, "torch")
+    with pytest.raises(ValueError, match=f"^unknown capability 'flying'; choose one of {', '.join(CAPABILITIES)}$"):
+        backends("flying")
 
 
-def test_missing_framework_names_the_extra(tiny, monkeypatch):
+def hide(monkeypatch, package: str) -> None:
+    """Make ``package`` look uninstalled to the registry's framework check."""
     real = importlib.util.find_spec
-    monkeypatch.setattr(contract.importlib.util, "find_spec", lambda name: None if name == "torch" else real(name))
-    with pytest.raises(ImportError, match=r"pip install 'llmdual\[torch\]'"):
-        llmdual.build(tiny, "torch")
+    monkeypatch.setattr(contract.importlib.util, "find_spec", lambda name: None if name == package else real(name))
+
+
+@pytest.mark.parametrize("name", [b for b in backends() if info(b).needs])
+def test_missing_framework_names_the_extra(tiny, monkeypatch, name):
+    framework = info(name).needs[0]
+    hide(monkeypatch, framework)
+    expected = (f"backend '{name}' needs {framework}, which is not installed; install it with: "
+                f"pip install 'llmdual[{info(name).extra}]'")
+    with pytest.raises(ImportError, match=f"^{re.escape(expected)}$"):
+        llmdual.build(tiny, name)
+
+
+@pytest.mark.parametrize("name, library", [(b, library) for b in backends() for library in other_hosts(b)])
+def test_a_missing_host_library_names_both_extras(tiny, monkeypatch, name, library):
+    """Keras on JAX without jax installed: the hint installs Keras' extra and the host's together."""
+    variable, _, extras = info(name).host
+    monkeypatch.setenv(variable, library)
+    hide(monkeypatch, library)
+    with pytest.raises(ImportError, match=re.escape(f"needs {library}, which is not installed; install it with: "
+                                                    f"pip install 'llmdual[{info(name).extra},{extras[library]}]'")):
+        llmdual.build(tiny, name)
+
+
+def test_a_capability_a_backend_lacks_is_refused_naming_those_that_have_it(monkeypatch):
+    """Every gap in the registry (or, with none, a forward-only backend's) gets one line: what the backend does not
+    do and which backends do it."""
+    gaps = [(b, cap) for b in backends() for cap in CAPABILITIES if not info(b).offers(cap)]
+    if not gaps:
+        partial = BackendInfo("partial", (), "", "forward")
+        monkeypatch.setitem(contract.REGISTRY, partial.name, partial)
+        gaps = [(partial.name, cap) for cap in CAPABILITIES if cap != "forward"]
+    for name, capability in gaps:
+        able = backends(capability)
+        assert name not in able, (name, capability)
+        with pytest.raises(ValueError) as refused:
+            contract.backend(name, capability)
+        message = str(refused.value)
+        assert message.startswith(f"backend '{name}' does not {CAPABILITIES[capability][1]}; backends that do: ")
+        assert message.endswith(f"backends that do: {', '.join(able) or 'none'}") and "\n" not in message
+
+
+def test_the_refusal_reads_as_a_sentence(monkeypatch):
+    """The example of the message: a forward-only backend asked to train."""
+    monkeypatch.setitem(contract.REGISTRY, "partial", BackendInfo("partial", (), "", "forward"))
+    with pytest.raises(ValueError, match=f"^backend 'partial' does not train; backends that do: "
+                                         f"{re.escape(', '.join(backends('training')))}$"):
+        contract.check_backend("partial", "training")
 
 
 def test_foreign_objects_are_refused(tiny):

@@ -1,8 +1,9 @@
-"""ONNX export from both backends: verified against native, interchangeable, decodable with a KV cache,
+"""ONNX export from every backend that offers it: verified against native, interchangeable, decodable with a KV cache,
 quantizable, and strict about bad input. Every export here is of the tiny preset, made once per session."""
 
 from __future__ import annotations
 
+from itertools import combinations
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,8 @@ import pytest
 import torch
 
 import llmdual
+from llmdual.contract import backend as backend_package
+from llmdual.contract import backends
 from llmdual.generate import generate
 from llmdual.onnx.export import VerificationError, export_onnx, summary_table, verify
 from llmdual.onnx.quantize import quantize
@@ -18,6 +21,7 @@ from llmdual.onnx.runtime import OnnxDecoder, logits, open_session
 
 ATOL = 1e-4
 KINDS = ("lm", "classifier", "lm-kv")
+EXPORTERS = backends("onnx")
 
 
 @pytest.fixture(scope="session")
@@ -25,6 +29,8 @@ def exports(models, tmp_path_factory):
     folder = tmp_path_factory.mktemp("onnx")
     results = {}
     for (backend, task), model in models.items():
+        if backend not in EXPORTERS:
+            continue
         results[backend, task] = llmdual.export_onnx(model, folder / f"{backend}-{task}.onnx")
         if task == "lm":
             results[backend, "lm-kv"] = export_onnx(model, folder / f"{backend}-lm-kv.onnx", kv_cache=True)
@@ -42,7 +48,7 @@ def padded_mask(batch: int, seq: int, seed: int) -> np.ndarray:
     return (np.arange(seq)[None] < lengths[:, None]).astype(np.int64)
 
 
-@pytest.mark.parametrize("backend", ["torch", "keras"])
+@pytest.mark.parametrize("backend", EXPORTERS)
 @pytest.mark.parametrize("kind", KINDS)
 def test_export_result_describes_the_verified_file(exports, backend, kind):
     r = exports[backend, kind]
@@ -70,7 +76,7 @@ def test_export_result_describes_the_verified_file(exports, backend, kind):
         assert dims == {"input_ids": ["batch", "sequence"], "logits": ["batch", "sequence", 256]}
 
 
-@pytest.mark.parametrize("backend", ["torch", "keras"])
+@pytest.mark.parametrize("backend", EXPORTERS)
 @pytest.mark.parametrize("task", ["lm", "classifier"])
 @pytest.mark.parametrize("shape", [(3, 10), (1, 64)])
 def test_onnxruntime_matches_native(models, sessions, backend, task, shape):
@@ -83,15 +89,16 @@ def test_onnxruntime_matches_native(models, sessions, backend, task, shape):
         assert np.abs(got - native).max() <= ATOL, key
 
 
+@pytest.mark.parametrize("a, b", combinations(EXPORTERS, 2))
 @pytest.mark.parametrize("task", ["lm", "classifier"])
-def test_torch_and_keras_exports_agree(models, exports, sessions, task):
+def test_exports_of_different_backends_agree(models, exports, sessions, task, a, b):
     ids = np.random.default_rng(7).integers(0, 256, (4, 21))
     mask = padded_mask(4, 21, seed=2) if task == "classifier" else None
-    diff = np.abs(logits(sessions["torch", task], ids, mask) - logits(sessions["keras", task], ids, mask)).max()
+    diff = np.abs(logits(sessions[a, task], ids, mask) - logits(sessions[b, task], ids, mask)).max()
     assert diff <= ATOL
     # each file also verifies against the other framework's native model
-    assert max(verify(exports["torch", task].path, models["keras", task]).values()) <= ATOL
-    assert max(verify(exports["keras", task].path, models["torch", task]).values()) <= ATOL
+    assert max(verify(exports[a, task].path, models[b, task]).values()) <= ATOL
+    assert max(verify(exports[b, task].path, models[a, task]).values()) <= ATOL
 
 
 def test_kv_export_prefills_from_an_empty_past(models, sessions, config):
@@ -99,18 +106,19 @@ def test_kv_export_prefills_from_an_empty_past(models, sessions, config):
     empty = np.zeros((2, config.n_heads, 0, config.head_dim), np.float32)
     feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "position_ids": np.tile(np.arange(9), (2, 1))}
     feeds |= {f"past.{i}.{p}": empty for i in range(config.n_layers) for p in ("key", "value")}
-    for backend in ("torch", "keras"):
+    for backend in EXPORTERS:
         out = sessions[backend, "lm-kv"].run(None, feeds)
         assert np.abs(out[0] - llmdual.forward(models[backend, "lm"], ids)).max() <= ATOL
         assert out[1].shape == (2, config.n_heads, 9, config.head_dim)
 
 
-def test_greedy_tokens_identical_through_native_and_both_files(models, sessions):
+def test_greedy_tokens_identical_through_native_and_every_file(models, sessions):
     prompt = np.array([[5, 17, 99, 3], [42, 8, 1, 200]])
-    reference = generate(models["torch", "lm"], prompt, 24)
+    first, *others = EXPORTERS
+    reference = generate(models[first, "lm"], prompt, 24)
     assert len({int(t) for row in reference for t in row}) > 3  # varied tokens, so agreement means something
-    engines = {"native keras": models["keras", "lm"], **{f"{b} {k}": OnnxDecoder(sessions[b, k]) for b in ("torch", "keras")
-                                                         for k in ("lm", "lm-kv")}}
+    engines = {**{f"native {b}": models[b, "lm"] for b in others},
+               **{f"{b} {k}": OnnxDecoder(sessions[b, k]) for b in EXPORTERS for k in ("lm", "lm-kv")}}
     for name, engine in engines.items():
         tokens = generate(engine, prompt, 24)
         assert all(np.array_equal(a, b) for a, b in zip(tokens, reference)), name
@@ -119,7 +127,7 @@ def test_greedy_tokens_identical_through_native_and_both_files(models, sessions)
 def test_kv_cache_decoder_matches_the_no_cache_path(models, sessions):
     ragged = [[5, 17, 99, 3, 7, 7], [42], [8, 1, 200]]  # left-padded: needs the mask and position ids
     native = generate(models["keras", "lm"], ragged, 20, use_cache=False)
-    for backend in ("torch", "keras"):
+    for backend in EXPORTERS:
         session = sessions[backend, "lm-kv"]
         cached = generate(OnnxDecoder(session), ragged, 20)
         recomputed = generate(OnnxDecoder(session, use_cache=False), ragged, 20)
@@ -171,14 +179,17 @@ def test_static_export_has_fixed_shapes(models, tmp_path):
 def test_summary_table_lists_every_export(exports):
     text = summary_table(list(exports.values()))
     lines = text.splitlines()
-    assert len(lines) == 2 + len(exports) and "kv-cache" in text and "| keras " in text
+    assert len(lines) == 2 + len(exports) and "kv-cache" in text
+    assert all(f"| {b} " in text for b in EXPORTERS)
     assert "max abs diff" in lines[0] and "nodes" in lines[0]
 
 
-@pytest.mark.parametrize("backend, allowed", [("torch", "18..24"), ("keras", "11..18")])
+@pytest.mark.parametrize("backend", EXPORTERS)
 @pytest.mark.parametrize("opset", [7, 99])
-def test_unsupported_opset_errors_and_writes_nothing(models, tmp_path, backend, allowed, opset):
-    message = f"opset {opset} is not supported by the {backend} exporter; allowed: {allowed}"
+def test_unsupported_opset_errors_and_writes_nothing(models, tmp_path, backend, opset):
+    opsets = backend_package(backend).onnx_opsets()
+    assert 18 in opsets and opset not in opsets  # the default opset is one every exporter emits
+    message = f"opset {opset} is not supported by the {backend} exporter; allowed: {opsets[0]}..{opsets[-1]}"
     with pytest.raises(ValueError, match=message):
         export_onnx(models[backend, "lm"], tmp_path / "m.onnx", opset=opset)
     assert list(tmp_path.iterdir()) == []
@@ -213,7 +224,7 @@ def test_bad_options_error(models, tmp_path):
 
 
 def test_failed_verification_raises_with_figures_and_leaves_no_file(models, tmp_path, monkeypatch):
-    from llmdual.keras_backend import export as keras_export
+    from llmdual.backends.keras import export as keras_export
 
     real_run = keras_export.run
     monkeypatch.setattr(keras_export, "run", lambda *a: [x + 0.5 for x in real_run(*a)])

@@ -1,16 +1,22 @@
-"""Native int8 (``llmdual.quantize``): torchao in PyTorch, ``model.quantize("int8")`` in Keras. Close to float32,
-still generating through the static KV cache, refusing what it cannot do, and the quality measure itself."""
+"""Native int8 (``llmdual.quantize``) in every backend that offers it: torchao in PyTorch, ``model.quantize("int8")``
+in Keras. Close to float32, still generating through the static KV cache, refusing what it cannot do, and the
+quality measure itself."""
+
+from itertools import combinations, permutations
 
 import numpy as np
 import pytest
 
 import llmdual
-from llmdual.bench import engines, expected, runner, verdict
-from llmdual.bench.report import int8_table
-from llmdual.bench.runner import CaseSpec
+from llmdual.bench import expected, runner
+from llmdual.bench.engines import table as engines
+from llmdual.bench.report import verdict
+from llmdual.bench.report.tables import int8_table
+from llmdual.bench.settings import BenchSettings, Case
+from llmdual.contract import backends
 from llmdual.quantize import quality, weight_bytes
 
-BACKENDS = ("torch", "keras")
+BACKENDS = backends("int8")
 CONFIG = llmdual.Config.preset("tiny")
 # int8 with one scale per output channel (weights) and per token (activations) rounds each matmul input to ~1/254 of
 # its range; through the tiny preset's two blocks the logits of its random-init model move by ~0.5% of their
@@ -62,15 +68,16 @@ def test_generation_through_the_static_cache(pair):
     assert np.array_equal(cached, llmdual.generate(compiled, prompt, 12)[0])
 
 
-def test_both_backends_keep_the_same_argmax(ids):
+@pytest.mark.parametrize("a, b", combinations(BACKENDS, 2))
+def test_both_backends_keep_the_same_argmax(ids, a, b):
     """The two schemes match in meaning: their int8 models agree with each other as closely as with float32."""
     logits = {}
-    for backend in BACKENDS:
+    for backend in (a, b):
         model = llmdual.quantize(llmdual.build(CONFIG, backend, seed=0))
         logits[backend] = llmdual.forward(model, ids)
-    reference = llmdual.forward(llmdual.build(CONFIG, "torch", seed=0), ids)
-    assert np.abs(logits["torch"] - logits["keras"]).max() <= 2 * RELATIVE_TOL * np.abs(reference).max()
-    assert (logits["torch"].argmax(-1) == logits["keras"].argmax(-1)).mean() >= TOP1_FLOOR
+    reference = llmdual.forward(llmdual.build(CONFIG, a, seed=0), ids)
+    assert np.abs(logits[a] - logits[b]).max() <= 2 * RELATIVE_TOL * np.abs(reference).max()
+    assert (logits[a].argmax(-1) == logits[b].argmax(-1)).mean() >= TOP1_FLOOR
 
 
 def test_weight_bytes_shrink_by_the_projections(pair):
@@ -115,14 +122,16 @@ def test_refusals(backend, tmp_path):
         llmdual.quantize(object())
 
 
-def test_save_then_quantize_after_load_is_the_way_round(tmp_path, ids):
-    """What the refusal points to: the float32 file reloads into either backend and quantizes to the same logits."""
-    model = llmdual.build(CONFIG, "torch", seed=3)
+@pytest.mark.parametrize("src, dst", permutations(BACKENDS, 2))
+def test_save_then_quantize_after_load_is_the_way_round(tmp_path, ids, src, dst):
+    """What the refusal points to: the float32 file reloads into either backend and quantizes to the same logits
+    (bit for bit in its own backend, the same argmax in the other)."""
+    model = llmdual.build(CONFIG, src, seed=3)
     path = llmdual.save(model, tmp_path / "fp32.safetensors")
     direct = llmdual.forward(llmdual.quantize(model), ids)
-    assert np.array_equal(llmdual.forward(llmdual.quantize(llmdual.load(path, "torch")), ids), direct)
-    keras_int8 = llmdual.forward(llmdual.quantize(llmdual.load(path, "keras")), ids)
-    assert (keras_int8.argmax(-1) == direct.argmax(-1)).mean() >= TOP1_FLOOR
+    assert np.array_equal(llmdual.forward(llmdual.quantize(llmdual.load(path, src)), ids), direct)
+    other = llmdual.forward(llmdual.quantize(llmdual.load(path, dst)), ids)
+    assert (other.argmax(-1) == direct.argmax(-1)).mean() >= TOP1_FLOOR
 
 
 def test_quality_against_hand_computed_figures():
@@ -145,18 +154,15 @@ def test_quality_against_hand_computed_figures():
 BENCH_CONFIG = CONFIG.replace(vocab_size=512)  # the quality measure trains a BPE tokenizer: >= 258 tokens
 
 
-def bench_settings(**changes):
-    base = {"config": BENCH_CONFIG.to_dict(), "preset": "tiny", "batch_size": 2, "seq_len": 8, "prompt_len": None,
-            "new_tokens": 3, "warmup": 0, "repeats": 2, "seed": 0, "device": "cpu", "dtype": "float32",
-            "tf32": False, "threads": 1, "tolerance": 1e-4}
-    return {**base, **changes}
+BENCH_SETTINGS = BenchSettings(preset="tiny", config_override=BENCH_CONFIG, batch_sizes=(2,), seq_lens=(8,),
+                               new_tokens=3, warmup=0, repeats=2, device="cpu", threads=1)
 
 
 def test_int8_engines_are_checked_timed_and_measured(tmp_path):
     """Both int8 engines pass the int8 gate against PyTorch float32 and report sizes and quality; the same run
     held to float32's tolerance is refused, so the gate still bites."""
-    path = expected.save(tmp_path / "want.npz", expected.compute(bench_settings(), ["infer", "generate"]))
-    specs = [CaseSpec(e, w, bench_settings(expected=str(path))) for e in ("torch-int8", "keras-int8")
+    path = expected.save(tmp_path / "want.npz", expected.compute(BENCH_SETTINGS, 2, 8, ["infer", "generate"]))
+    specs = [Case(e, w, BENCH_SETTINGS, 2, 8, str(path)) for e in ("torch-int8", "keras-int8")
              for w in ("infer", "generate")]
     records = runner.run_cases(specs, tmp_path / "runs.jsonl", timeout_s=180, log=lambda line: None)
     for record in records:

@@ -1,6 +1,7 @@
 """The static KV cache and the compiled decoding steps, in every engine: greedy and seeded sampling give the
-tokens of full forward passes sampled by the shared numpy sampler, exactly; static-cache logits match the
-full forward passes' within 1e-5; left-padded ragged batches; Keras' JAX and torch backends in subprocesses."""
+tokens of the same model's full forward passes sampled by the shared numpy sampler, exactly, and every backend
+the same tokens; static-cache logits match the full forward passes' within 1e-5; left-padded ragged batches;
+Keras' other backends (JAX, torch) in subprocesses."""
 
 import json
 import os
@@ -9,24 +10,32 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import framework_backends, other_hosts
 
 import llmdual
 from llmdual.contract import backend as backend_package
+from llmdual.contract import backends
 from llmdual.core.decoding import cache_length, sample_steps
-from llmdual.generate import left_pad
 from llmdual.core.sampling import sample_next
+from llmdual.generate import left_pad
 
 ATOL = 1e-5  # float32 logits: the static cache attends over more (masked) slots, a different summation order
 PROMPTS = [[7, 8, 9, 10, 11, 12], [40], [3, 2, 1]]
 SAMPLING = {"temperature": 0.9, "top_k": 50, "top_p": 0.95, "seed": 11}
-# (backend, compile): the engines this process runs; Keras is on TensorFlow here (graph, and XLA with compile)
-ENGINES = [("torch", False), ("torch", True), ("keras", False), ("keras", True)]
+# (backend, compile): the engines this process runs; every backend that decodes runs its plain step, and the
+# frameworks their compiled one too (torch.compile; Keras is on TensorFlow here: graph, and XLA with compile)
+ENGINES = [(b, compile) for b in backends("decoding") for compile in (False, True)
+           if not compile or b in framework_backends()]
+
+
+def engine_id(engine: tuple[str, bool]) -> str:
+    return f"{engine[0]}-{'compiled' if engine[1] else 'plain'}"
 
 
 @pytest.fixture(scope="module")
 def models():
     config = llmdual.Config.preset("tiny")
-    return {b: llmdual.build(config, b, seed=3) for b in ("torch", "keras")}
+    return {b: llmdual.build(config, b, seed=3) for b in backends("decoding")}
 
 
 def reference(model, prompts: list[list[int]], n: int, temperature: float = 0.0, top_k=None, top_p=None,
@@ -48,18 +57,27 @@ def generated(model, engine: tuple[str, bool], prompts, n: int, **kwargs) -> np.
 
 @pytest.fixture(scope="module")
 def expected(models):
-    return {"greedy": reference(models["torch"], PROMPTS, 20), "sampled": reference(models["torch"], PROMPTS, 20,
-                                                                                    **SAMPLING)}
+    """Each backend's tokens by full forward passes, greedy and sampled."""
+    return {b: {"greedy": reference(model, PROMPTS, 20), "sampled": reference(model, PROMPTS, 20, **SAMPLING)}
+            for b, model in models.items()}
 
 
-@pytest.mark.parametrize("engine", ENGINES, ids=lambda e: f"{e[0]}-{'compiled' if e[1] else 'plain'}")
+def test_every_backend_gives_the_same_tokens(expected):
+    first = next(iter(expected.values()))
+    for name, tokens in expected.items():
+        for kind in ("greedy", "sampled"):
+            np.testing.assert_array_equal(tokens[kind], first[kind], err_msg=f"{name} {kind}")
+
+
+@pytest.mark.parametrize("engine", ENGINES, ids=engine_id)
 def test_greedy_and_sampled_tokens_equal_full_forward_passes(models, expected, engine):
     """Ragged, left-padded prompts; ``generate`` sizes the cache for all 25 positions up front (32 slots)."""
-    np.testing.assert_array_equal(generated(models[engine[0]], engine, PROMPTS, 20), expected["greedy"])
-    np.testing.assert_array_equal(generated(models[engine[0]], engine, PROMPTS, 20, **SAMPLING), expected["sampled"])
+    want = expected[engine[0]]
+    np.testing.assert_array_equal(generated(models[engine[0]], engine, PROMPTS, 20), want["greedy"])
+    np.testing.assert_array_equal(generated(models[engine[0]], engine, PROMPTS, 20, **SAMPLING), want["sampled"])
 
 
-@pytest.mark.parametrize("engine", ENGINES, ids=lambda e: f"{e[0]}-{'compiled' if e[1] else 'plain'}")
+@pytest.mark.parametrize("engine", ENGINES, ids=engine_id)
 def test_the_greedy_loop_gives_the_tokens_of_one_step_at_a_time(models, engine):
     """The engine's own greedy loop (``Decoder.greedy``, what ``generate`` runs at temperature 0) against the
     numpy sampler fed one step at a time, on ragged rows; with an end-of-text id, both stop once every row made
@@ -74,7 +92,7 @@ def test_the_greedy_loop_gives_the_tokens_of_one_step_at_a_time(models, engine):
     assert (stopped == eot).any(axis=1).all() or (stopped[:, -1] != 0).any()  # a stop, or the full length
 
 
-@pytest.mark.parametrize("backend", ["torch", "keras"])
+@pytest.mark.parametrize("backend", backends("decoding"))
 @pytest.mark.parametrize("new_tokens, message", [(0, "new_tokens must be an integer >= 1"),
                                                  (True, "new_tokens must be an integer >= 1"),
                                                  (60, "positions > max_seq_len 64")])
@@ -84,7 +102,7 @@ def test_the_greedy_loop_refuses_bad_lengths(models, backend, new_tokens, messag
         backend_package(backend).decoder(models[backend]).greedy(ids, mask, new_tokens)
 
 
-@pytest.mark.parametrize("backend", ["torch", "keras"])
+@pytest.mark.parametrize("backend", backends("decoding"))
 def test_a_cache_sized_without_a_hint_moves_into_the_next_bucket(models, expected, backend):
     """Prefill without ``max_len``: 16 slots, outgrown after 10 steps, then 32; the tokens do not change."""
     decoder = backend_package(backend).decoder(models[backend])
@@ -97,22 +115,22 @@ def test_a_cache_sized_without_a_hint_moves_into_the_next_bucket(models, expecte
         logits, state = decoder.step(tokens[-1][:, None], mask, state)
         lengths.add(np.shape(state.cache[0][0])[2])
     assert lengths == {16, 32}
-    np.testing.assert_array_equal(np.stack(tokens, axis=1), expected["greedy"])
+    np.testing.assert_array_equal(np.stack(tokens, axis=1), expected[backend]["greedy"])
 
 
 def test_the_reference_can_tell_a_different_sampler_seed(models, expected):
     other = reference(models["torch"], PROMPTS, 20, **{**SAMPLING, "seed": 12})
-    assert not np.array_equal(other, expected["sampled"])
+    assert not np.array_equal(other, expected["torch"]["sampled"])
 
 
 def test_ragged_rows_generate_what_they_generate_alone(models):
-    for name in ("torch", "keras"):
+    for name in backends("decoding"):
         together = generated(models[name], (name, False), PROMPTS, 12)
         for prompt, row in zip(PROMPTS, together):
             np.testing.assert_array_equal(row, generated(models[name], (name, False), [prompt], 12)[0])
 
 
-@pytest.mark.parametrize("backend", ["torch", "keras"])
+@pytest.mark.parametrize("backend", backends("decoding"))
 def test_static_cache_logits_match_recomputing_and_full_forward_passes(models, backend):
     """Step by step, on a ragged batch: the static cache, recomputing the prefix and a full forward agree."""
     model = models[backend]
@@ -159,7 +177,7 @@ def test_the_compiled_steps_are_compiled_once(models):
     guards), sampled step by step or looped greedily."""
     import torch._dynamo.utils
 
-    from llmdual.keras_backend.decode import compiled
+    from llmdual.backends.keras.decode import compiled
 
     generated(models["keras"], ("keras", True), [[1, 2, 3]], 12, **SAMPLING)
     generated(models["keras"], ("keras", True), [[1, 2, 3]], 12)
@@ -194,15 +212,16 @@ json.dump({"backend": keras.backend.backend(), "greedy": run().tolist(), "sample
 """
 
 
-@pytest.mark.parametrize("keras_backend", ["jax", "torch"])
-def test_keras_on_jax_and_torch_gives_the_same_tokens(expected, keras_backend):
+@pytest.mark.parametrize("keras_backend", other_hosts("keras"))
+def test_keras_on_other_backends_gives_the_same_tokens(expected, keras_backend):
     env = {**os.environ, "KERAS_BACKEND": keras_backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
     done = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(PROMPTS), json.dumps(SAMPLING)], env=env,
                           capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["backend"] == keras_backend
-    np.testing.assert_array_equal(result["greedy"], expected["greedy"])
-    np.testing.assert_array_equal(result["nocache"], expected["greedy"])
-    np.testing.assert_array_equal(result["steps"], expected["greedy"])  # generate's greedy runs the loop
-    np.testing.assert_array_equal(result["sampled"], expected["sampled"])
+    want = expected["keras"]  # Keras on TensorFlow in this process
+    np.testing.assert_array_equal(result["greedy"], want["greedy"])
+    np.testing.assert_array_equal(result["nocache"], want["greedy"])
+    np.testing.assert_array_equal(result["steps"], want["greedy"])  # generate's greedy runs the loop
+    np.testing.assert_array_equal(result["sampled"], want["sampled"])

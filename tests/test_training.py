@@ -1,5 +1,5 @@
-"""Training in both backends: config validation, the schedule, parity of trajectories, accumulation, resume,
-run state and mixed precision."""
+"""Training in every backend that trains: config validation, the schedule, parity of trajectories, accumulation,
+resume, run state and mixed precision."""
 
 import importlib
 import json
@@ -10,10 +10,16 @@ import pytest
 import llmdual
 from llmdual import parity
 from llmdual.bench.env import gpus
+from llmdual.contract import backends, info
+from llmdual.core.recipe import TrainConfig, lr_at
 from llmdual.parity import ParityContext
 from llmdual.parity import training as training_parity
-from llmdual.core.recipe import TrainConfig, lr_at
 from llmdual.training import latest_run_state
+
+
+@pytest.fixture(params=backends("training"))
+def backend(request) -> str:
+    return request.param
 
 
 @pytest.mark.parametrize(
@@ -41,7 +47,7 @@ def test_schedule_warms_up_linearly_then_decays_to_the_floor():
 
 
 def test_keras_schedule_is_the_shared_formula():
-    from llmdual.keras_backend.train import LearningRate
+    from llmdual.backends.keras.train import LearningRate
 
     cfg = TrainConfig(steps=30, lr=2e-3, min_lr=2e-4, warmup_steps=7)
     keras_rates = [float(LearningRate(cfg)(s)) for s in range(cfg.steps)]
@@ -58,7 +64,7 @@ def test_training_parity_checks_pass(tiny, task):
 
 def test_a_mismatched_adam_epsilon_is_caught(tiny, monkeypatch):
     """Keras' AdamW with eps 1e-6 instead of 1e-8 (an easy porting slip) must fail the trajectory check."""
-    keras_train = importlib.import_module("llmdual.keras_backend.train")  # the package's ``train`` is the function
+    keras_train = importlib.import_module("llmdual.backends.keras.train")  # the package's ``train`` is the function
     original = keras_train.make_optimizer
     monkeypatch.setattr(keras_train, "make_optimizer", lambda model, cfg: original(model, cfg.replace(eps=1e-6)))
     checks = {c.name.split(": ")[-1]: c for c in training_parity.check_trajectory(ParityContext(tiny, "lm", seed=0))}
@@ -73,7 +79,7 @@ def test_the_trainer_step_matches_train(tiny, backend):
     cfg = training_parity.train_config(steps=3)
     get_batch = training_parity.batches(ctx, cfg.batch_size)
     history, _ = training_parity.run(ctx, backend, cfg)
-    module = importlib.import_module(f"llmdual.{backend}_backend.train")
+    module = importlib.import_module(f"{info(backend).package}.train")
     trainer = module.Trainer(llmdual.build(tiny, backend, seed=0), cfg)
     losses = [trainer.step(get_batch(step))[0] for step in range(cfg.steps)]
     np.testing.assert_allclose(losses, history.loss, rtol=1e-6)
@@ -151,25 +157,27 @@ def test_fp16_trains_on_a_gpu(tiny):
 
 
 def test_trainers_started_mid_schedule_agree(tiny):
-    """``Trainer(model, cfg, start=5)`` means the same on both sides: schedule and bias correction from step 5."""
+    """``Trainer(model, cfg, start=5)`` means the same in every backend: schedule and bias correction from step 5."""
     ctx = ParityContext(tiny, "lm", seed=0)
     cfg = training_parity.train_config(steps=10)
     batch = training_parity.batches(ctx, cfg.batch_size)(0)
+    first = backends("training")[0]
     after = {}
-    for backend, start in (("torch", 5), ("keras", 5), ("torch", 0)):
+    for backend, start in [(b, 5) for b in backends("training")] + [(first, 0)]:
         model = llmdual.build(tiny, backend, seed=0)
         llmdual.contract.backend(backend).trainer(model, cfg, start=start).step(batch)
         after[backend, start] = llmdual.get_weights(model)
     atol = training_parity.WEIGHT_TRAVEL_FRACTION * float(lr_at(5, cfg))  # the parity checks' bound for one step
-    for name, value in after["torch", 5].items():
-        np.testing.assert_allclose(after["keras", 5][name], value, atol=atol, rtol=0, err_msg=name)
-    assert not np.allclose(after["torch", 0]["h.0.attn.c_attn.weight"], after["torch", 5]["h.0.attn.c_attn.weight"],
+    for other in backends("training")[1:]:
+        for name, value in after[first, 5].items():
+            np.testing.assert_allclose(after[other, 5][name], value, atol=atol, rtol=0, err_msg=f"{other} {name}")
+    assert not np.allclose(after[first, 0]["h.0.attn.c_attn.weight"], after[first, 5]["h.0.attn.c_attn.weight"],
                            atol=10 * atol, rtol=0)
 
 
 def test_precision_context_means_the_same_on_both_sides(tiny, backend, ids):
     """``precision_context(precision, model)`` runs the forward pass in bf16 inside, in fp32 again after."""
-    module = importlib.import_module(f"llmdual.{backend}_backend.train")
+    module = importlib.import_module(f"{info(backend).package}.train")
     model = llmdual.build(tiny, backend, seed=0)
     fp32 = llmdual.forward(model, ids)
     with module.precision_context("bf16", model):

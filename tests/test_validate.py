@@ -1,4 +1,4 @@
-"""The one validation gate (``llmdual.core.validate``): both backends and onnxruntime refuse the same bad inputs with the
+"""The one validation gate (``llmdual.core.validate``): every backend and runtime refuses the same bad inputs with the
 same ``ValueError``, naming what was wrong and what is allowed."""
 
 from __future__ import annotations
@@ -10,15 +10,14 @@ import numpy as np
 import pytest
 
 import llmdual
-from llmdual.core import config as config_module
 from llmdual import contract
-from llmdual.generate import decoder_for, left_pad
-from llmdual.onnx.runtime import OnnxDecoder, logits, open_session
+from llmdual.contract import backends
+from llmdual.core import config as config_module
 from llmdual.core.recipe import check_batch
 from llmdual.core.validate import check_inputs
 from llmdual.core.weights import check_weights, init_weights
-
-ENGINES = ("torch", "keras", "onnx")
+from llmdual.generate import decoder_for, left_pad
+from llmdual.onnx.runtime import OnnxDecoder, logits, open_session
 
 
 @pytest.fixture(scope="module")
@@ -28,17 +27,18 @@ def tiny() -> llmdual.Config:
 
 @pytest.fixture(scope="module")
 def models(tiny):
-    return {(b, t): llmdual.build(tiny, b, t) for b in ("torch", "keras") for t in ("lm", "classifier")}
+    return {(b, t): llmdual.build(tiny, b, t) for b in backends() for t in ("lm", "classifier")}
 
 
 @pytest.fixture(scope="module")
 def session(models, tmp_path_factory):
+    """onnxruntime over the KV-cache export of the first backend that exports to ONNX."""
     path = tmp_path_factory.mktemp("onnx") / "lm-kv.onnx"
-    llmdual.onnx.export_onnx(models["torch", "lm"], path, kv_cache=True)
+    llmdual.onnx.export_onnx(models[backends("onnx")[0], "lm"], path, kv_cache=True)
     return open_session(path)
 
 
-@pytest.fixture(params=ENGINES)
+@pytest.fixture(params=contract.targets("forward"))
 def forward(request, models, session):
     """LM logits through one engine: a native backend's ``llmdual.forward`` or onnxruntime's ``logits``."""
     if request.param == "onnx":
@@ -46,7 +46,7 @@ def forward(request, models, session):
     return lambda ids, mask=None: llmdual.forward(models[request.param, "lm"], ids, mask)
 
 
-@pytest.fixture(params=ENGINES)
+@pytest.fixture(params=contract.targets("decoding"))
 def decoder_model(request, models, session):
     """What ``llmdual.generate`` decodes with: a native LM or an ``OnnxDecoder`` over the KV-cache export."""
     return OnnxDecoder(session) if request.param == "onnx" else models[request.param, "lm"]
@@ -88,13 +88,13 @@ def test_float_ids_are_refused_by_the_classifier_too(models, backend):
     [(ids_of() + 0.5, None), (np.full((1, 2), 300), None), (ids_of(), np.full((2, 8), 2)), (ids_of(), np.zeros((2, 8)))],
 )
 def test_every_engine_gives_the_same_message(models, session, ids, mask):
-    messages = set()
-    for run in (lambda: llmdual.forward(models["torch", "lm"], ids, mask),
-                lambda: llmdual.forward(models["keras", "lm"], ids, mask), lambda: logits(session, ids, mask)):
+    messages = {}
+    runs = {b: lambda b=b: llmdual.forward(models[b, "lm"], ids, mask) for b in backends()}
+    for name, run in {**runs, "onnx": lambda: logits(session, ids, mask)}.items():
         with pytest.raises(ValueError) as err:
             run()
-        messages.add(str(err.value))
-    assert len(messages) == 1, messages
+        messages[name] = str(err.value)
+    assert len(set(messages.values())) == 1, messages
 
 
 def test_a_cache_past_the_context_is_refused(decoder_model):
@@ -246,7 +246,8 @@ def _trainer(models, backend, grad_accum=1):
         ((ids_of(), ids_of()[:, :4]), 1, r"targets must have shape \(2, 8\), got \(2, 4\)"),
     ],
 )
-def test_bad_training_batches_are_refused_by_both_trainers(models, backend, batch, grad_accum, message):
+@pytest.mark.parametrize("backend", backends("training"))
+def test_bad_training_batches_are_refused_by_every_trainer(models, backend, batch, grad_accum, message):
     with pytest.raises(ValueError, match=message):
         _trainer(models, backend, grad_accum).step(batch)
 
@@ -270,6 +271,7 @@ def test_check_batch_with_the_config_checks_ranges(tiny, task, batch, message):
     "targets, message",
     [(np.full((2, 8), -100), "every one of the targets is -100"), (np.full((2, 8), 256), "targets value 256")],
 )
+@pytest.mark.parametrize("backend", backends("gradients"))
 def test_loss_and_grads_refuses_targets_the_same_way(models, backend, targets, message):
     with pytest.raises(ValueError, match=message):
         contract.backend(backend).loss_and_grads(models[backend, "lm"], ids_of(), targets)

@@ -1,1 +1,2 @@
-"""Benchmarking: the worker, runner, statistics, results document and report behind ``benchmarks/compare.py``."""
+"""Benchmarking: ``command`` (the one entry point), the typed settings, the runner and its worker, the workloads,
+the engines (``engines/``) and the results and their report (``report/``)."""

@@ -13,7 +13,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-PACKAGES = ("numpy", "torch", "tensorflow", "keras", "jax", "jaxlib", "onnx", "onnxruntime", "tf2onnx")
+from llmdual.bench.engines.table import ENGINES
+
+# numpy, then every module an engine imports (frameworks, the libraries they run on, exporters, references)
+PACKAGES = ("numpy", *dict.fromkeys(module for engine in ENGINES.values() for module in engine.modules))
 
 # Other distribution names that install the same import package (the ``keras`` extra uses tensorflow-cpu).
 _ALIASES = {

@@ -8,6 +8,7 @@ steps; ``generate.{b1,batch}.{logits,tokens}`` (prefill logits, greedy tokens); 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import subprocess
@@ -18,21 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from llmdual.bench.inputs import CHECK_STEPS, PRECISION, Inputs, train_config
+from llmdual.bench.inputs import CHECK_STEPS, Inputs, train_config
+from llmdual.bench.settings import TOLERANCES, BenchSettings
 from llmdual.bench.timing import streamed
-from llmdual.core.config import Config
 from llmdual.core.io import atomic_write
-
-# Largest accepted |difference| from the float32 expected outputs: absolute on logits, relative on training loss
-# and gradient norm. float32 engines agree to ~2e-6 on the small preset (other summation orders), so 1e-4 still
-# catches any real bug; bfloat16 keeps 8 mantissa bits (autocast lands ~2e-2 away); float16 and TF32 keep 10.
-TOLERANCES = {"fp32": 1e-4, "tf32": 2e-2, "bf16": 1e-1, "fp16": 2e-2}
-
-
-def tolerance(dtype: str, tf32: bool = False) -> float:
-    """The parity tolerance for a case's compute dtype (``float32`` with TF32 matmuls counts as TF32)."""
-    precision = PRECISION[dtype]
-    return TOLERANCES["tf32" if precision == "fp32" and tf32 else precision]
 
 
 def exact_tokens(dtype: str, tf32: bool = False) -> bool:
@@ -42,7 +32,8 @@ def exact_tokens(dtype: str, tf32: bool = False) -> bool:
 
 def tokens_comparable(tol: float) -> bool:
     """Whether an engine held to logit tolerance ``tol`` computes float32's numbers closely enough for its greedy
-    tokens to be compared: not an int8 engine (``llmdual.bench.engines.INT8_TOLERANCE``), where a near-tie flips."""
+    tokens to be compared: not an int8 engine (``llmdual.bench.engines.table.INT8_TOLERANCE``), where a near-tie
+    flips."""
     return tol <= TOLERANCES["fp32"]
 
 
@@ -53,17 +44,18 @@ def kv_step(decoder: Any, context: np.ndarray) -> Any:
     return lambda: decoder.step(context[:, -1:], np.ones((1, S), np.int64), state)[0]
 
 
-def compute(settings: Mapping[str, Any], workloads: Sequence[str]) -> dict[str, np.ndarray]:
-    """The expected outputs of ``workloads`` at the settings' point (llmdual PyTorch eager, float32, CPU)."""
+def compute(settings: BenchSettings, batch_size: int, seq_len: int, workloads: Sequence[str]) -> dict[str, np.ndarray]:
+    """The expected outputs of ``workloads`` at the point (``batch_size``, ``seq_len``) of a run's settings
+    (llmdual PyTorch eager, float32, CPU)."""
     import torch
 
     import llmdual
     from llmdual.contract import backend
 
     torch_backend = backend("torch")
-    if settings.get("threads"):
-        torch.set_num_threads(int(settings["threads"]))
-    config, seed, inputs = Config.from_dict(settings["config"]), settings["seed"], Inputs.of(settings)
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    config, seed, inputs = settings.config, settings.seed, Inputs.of(settings, batch_size, seq_len)
     out: dict[str, np.ndarray] = {}
     model = llmdual.build(config, "torch", "lm", seed)
     if "infer" in workloads:
@@ -72,14 +64,15 @@ def compute(settings: Mapping[str, Any], workloads: Sequence[str]) -> dict[str, 
         out["classify.logits"] = llmdual.forward(llmdual.build(config, "torch", "classifier", seed), inputs.x,
                                                  inputs.mask)
     if "generate" in workloads:
-        for name, prompt in inputs.prompts(settings.get("prompt_len")).items():
-            run = streamed(torch_backend.decoder(model, True), prompt, settings["new_tokens"])
+        for name, prompt in inputs.prompts(settings.prompt_len or seq_len).items():
+            run = streamed(torch_backend.decoder(model, True), prompt, settings.new_tokens)
             out[f"generate.{name}.logits"], out[f"generate.{name}.tokens"] = run.first_logits, run.tokens
     if "kv" in workloads:
         for name, use_cache in (("cached", True), ("recompute", False)):
             out[f"kv.{name}.logits"] = kv_step(torch_backend.decoder(model, use_cache), inputs.context)()
     if "train" in workloads:  # last: it changes the weights
-        step = torch_backend.trainer(model, train_config({**settings, "dtype": "float32"})).step
+        step = torch_backend.trainer(model, train_config(dataclasses.replace(settings, precision="fp32"),
+                                                         batch_size)).step
         losses, norms = zip(*(step((inputs.x, inputs.y)) for _ in range(CHECK_STEPS)))
         out["train.loss"], out["train.grad_norm"] = np.array(losses), np.array(norms)
     return out
@@ -135,19 +128,20 @@ def check(workload: str, got: Mapping[str, np.ndarray], want: Mapping[str, np.nd
     return worst, None
 
 
-def compute_in_process(settings: Mapping[str, Any], workloads: Sequence[str], folder: Path, timeout_s: float,
-                       environment: Mapping[str, str]) -> tuple[str | None, str | None]:
+def compute_in_process(settings: BenchSettings, batch_size: int, seq_len: int, workloads: Sequence[str],
+                       folder: Path, environment: Mapping[str, str]) -> tuple[str | None, str | None]:
     """Compute a point's expected outputs in a fresh process: (path, None), or (None, why not)."""
-    key = json.dumps([settings, sorted(workloads)], sort_keys=True)
+    key = json.dumps([settings.to_dict(), batch_size, seq_len, sorted(workloads)], sort_keys=True)
     path = folder / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
     folder.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "llmdual.bench.expected", "--settings", json.dumps(settings),
-               "--workloads", ",".join(workloads), "--out", str(path)]
+    command = [sys.executable, "-m", "llmdual.bench.expected", "--settings", settings.to_json(),
+               "--batch-size", str(batch_size), "--seq-len", str(seq_len), "--workloads", ",".join(workloads),
+               "--out", str(path)]
     try:
-        done = subprocess.run(command, env=dict(environment), capture_output=True, text=True, timeout=timeout_s,
-                              check=False)
+        done = subprocess.run(command, env=dict(environment), capture_output=True, text=True,
+                              timeout=settings.timeout_s, check=False)
     except subprocess.TimeoutExpired:
-        return None, f"computing the expected outputs timed out after {timeout_s:g} s"
+        return None, f"computing the expected outputs timed out after {settings.timeout_s:g} s"
     if done.returncode != 0:
         last = next((line for line in reversed(done.stderr.splitlines()) if line.strip()), "")
         return None, f"computing the expected outputs failed (exit {done.returncode}): {last[:300]}"
@@ -155,13 +149,17 @@ def compute_in_process(settings: Mapping[str, Any], workloads: Sequence[str], fo
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``--settings JSON --workloads a,b --out PATH``: compute the expected outputs and write them."""
+    """``--settings JSON --batch-size B --seq-len T --workloads a,b --out PATH``: compute the expected outputs and
+    write them."""
     parser = argparse.ArgumentParser(description="compute a benchmark point's expected outputs")
-    parser.add_argument("--settings", required=True, help="a case's settings as JSON")
+    parser.add_argument("--settings", required=True, help="a run's settings as JSON (BenchSettings.to_json)")
+    parser.add_argument("--batch-size", type=int, required=True)
+    parser.add_argument("--seq-len", type=int, required=True)
     parser.add_argument("--workloads", required=True, help="comma-separated workloads")
     parser.add_argument("--out", required=True, help=".npz file to write")
     args = parser.parse_args(argv)
-    save(args.out, compute(json.loads(args.settings), args.workloads.split(",")))
+    settings = BenchSettings.from_json(args.settings)
+    save(args.out, compute(settings, args.batch_size, args.seq_len, args.workloads.split(",")))
     return 0
 
 

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
-from llmdual.core.config import Config
+from llmdual.bench.settings import BenchSettings
 from llmdual.core.recipe import TrainConfig
 
 CHECK_STEPS = 2  # training steps compared with the expected outputs before timing (they count as warm-up)
-PRECISION = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}  # case dtype -> TrainConfig precision
 
 
 @dataclass(frozen=True)
@@ -25,11 +22,10 @@ class Inputs:
     context: np.ndarray  # (1, max_seq_len) ids for one decoding step at full context
 
     @classmethod
-    def of(cls, settings: Mapping[str, Any]) -> Inputs:
-        """The inputs of a case from its settings (config, batch_size, seq_len, seed)."""
-        config = Config.from_dict(settings["config"])
-        B, T, seed = settings["batch_size"], settings["seq_len"], settings["seed"]
-        rng = np.random.default_rng([seed, B, T])
+    def of(cls, settings: BenchSettings, batch_size: int, seq_len: int) -> Inputs:
+        """The inputs of the point (``batch_size``, ``seq_len``) of a run's settings (its model and seed)."""
+        config, B, T = settings.config, batch_size, seq_len
+        rng = np.random.default_rng([settings.seed, B, T])
         tokens = rng.integers(0, config.vocab_size, (B, T + 1), dtype=np.int64)
         lengths = np.r_[T, rng.integers(max(1, T // 2), T + 1, B - 1)]
         mask = (np.arange(T)[None] < lengths[:, None]).astype(np.int64)
@@ -42,8 +38,8 @@ class Inputs:
         return {"b1": x[:1], "batch": x}
 
 
-def train_config(settings: Mapping[str, Any]) -> TrainConfig:
+def train_config(settings: BenchSettings, batch_size: int) -> TrainConfig:
     """llmdual's default recipe at the case's batch size, seed and precision, as long as the steps the case runs."""
-    steps = CHECK_STEPS + settings["warmup"] + settings["repeats"]
-    return TrainConfig(steps=steps, batch_size=settings["batch_size"], seed=settings["seed"],
-                       precision=PRECISION[settings["dtype"]], progress=False)
+    steps = CHECK_STEPS + settings.warmup + settings.repeats
+    return TrainConfig(steps=steps, batch_size=batch_size, seed=settings.seed, precision=settings.precision,
+                       progress=False)

@@ -1,7 +1,8 @@
 """The one scheduler: every engine in a fresh worker process per round, engines in a seeded random order.
 
 Each worker process runs the cases of one engine (``python -m llmdual.bench.worker --case-json JSON --result PATH
-...``) and writes one :class:`~llmdual.bench.results.Record` per case as JSON as soon as it ends. A crash, non-zero
+...``, a :class:`~llmdual.bench.settings.Case` as JSON each) and writes one
+:class:`~llmdual.bench.report.results.Record` per case as JSON as soon as it ends. A crash, non-zero
 exit, signal (OOM kill included), timeout or unreadable result becomes the record of the case that was running,
 with the tail of its stderr; the cases it had not reached run in a fresh process, and the run goes on.
 """
@@ -17,13 +18,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmdual.bench.engines import ENGINES, skip_reason
+from llmdual.bench.engines.table import host_env, skip_reason
 from llmdual.bench.env import peak_rss_mb
-from llmdual.bench.results import WORKER_STATUSES, WORKLOADS, Record, append_jsonl
+from llmdual.bench.report.results import WORKER_STATUSES, Record, append_jsonl
+from llmdual.bench.settings import Case
 
 CommandBuilder = Callable[[str, str], list[str]]
 Log = Callable[[str], None]
@@ -34,48 +35,29 @@ _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "T
 _ROOT = str(Path(__file__).resolve().parents[2])
 
 
-@dataclass(frozen=True)
-class CaseSpec:
-    """One benchmark case: an engine running a workload with the given settings."""
-
-    engine: str
-    workload: str
-    settings: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> str:
-        """The ``--case-json`` argument handed to the worker."""
-        return json.dumps({"engine": self.engine, "workload": self.workload, "settings": self.settings},
-                          sort_keys=True, allow_nan=False)
-
-    def record(self, status: str, reason: str | None, round_index: int = 0, **process: Any) -> Record:
-        """A record of this case that the runner decided itself (skipped, crashed, timed out...)."""
-        return Record(self.engine, self.workload, self.settings, status, reason, round=round_index, **process)
-
-
 def worker_command(case_json: str, result_path: str) -> list[str]:
     """The worker's command line for one case; the runner appends further ``--case-json``/``--result`` pairs."""
     return [sys.executable, "-m", "llmdual.bench.worker", "--case-json", case_json, "--result", result_path]
 
 
-def worker_env(spec: CaseSpec, base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The worker's environment: Keras backend, thread counts, GPU memory and logging settings."""
+def worker_env(engine: str, threads: int | None, device: str, base: Mapping[str, str] | None = None
+               ) -> dict[str, str]:
+    """The environment of ``engine``'s worker: the library its framework runs on (Keras' backend), thread counts,
+    GPU memory and logging settings."""
     env = dict(os.environ if base is None else base)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, env.get("PYTHONPATH")) if p)
     env["PYTHONUNBUFFERED"] = "1"
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
     # OpenMP's wait policy stays the library's (spinning a while): PASSIVE makes PyTorch's small ops wait on
     # wake-ups (batch-1 decoding 3x slower on a quiet 2-core machine); set it only on a machine shared with other work
-    engine = ENGINES.get(spec.engine)
-    if engine is not None and engine.keras_backend:
-        env["KERAS_BACKEND"] = engine.keras_backend
-    threads = spec.settings.get("threads")
+    env.update(host_env(engine))
     if threads:
         env.update({name: str(threads) for name in _THREAD_VARS})
         env["TF_NUM_INTEROP_THREADS"] = "1"  # one inter-op pool per socket, Intel's advice for TF on CPU
-        if int(threads) == 1:  # XLA:CPU has no thread-count flag, only this switch (else: core pinning)
+        if threads == 1:  # XLA:CPU has no thread-count flag, only this switch (else: core pinning)
             flags = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
             env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {flags}".strip()
-    if spec.settings.get("device", "cpu") == "cpu":
+    if device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
         env["JAX_PLATFORMS"] = "cpu"
     else:  # allocate on demand so peak device memory means what the engine needed
@@ -99,9 +81,9 @@ def read_result(path: str | Path) -> Record:
 def _spawn(argv: list[str], env: dict[str, str], stderr: Any, threads: int | None) -> subprocess.Popen:
     """Start the worker in a new session; with ``threads``, pinned to that many of our cores (inherited)."""
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    pin = bool(threads) and 0 < int(threads) < len(cpus)
+    pin = bool(threads) and 0 < threads < len(cpus)
     if pin:  # affects only this thread, which forks the child
-        os.sched_setaffinity(0, cpus[: int(threads)])
+        os.sched_setaffinity(0, cpus[:threads])
     try:
         return subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=stderr, start_new_session=True)
@@ -163,16 +145,16 @@ def _crash_reason(returncode: int, stderr: str) -> str:
     return f"{'out of memory: ' if oom else ''}exit code {returncode}" + (f": {last[:300]}" if last else "")
 
 
-def _from_file(spec: CaseSpec, path: Path, round_index: int, **process: Any) -> Record:
+def _from_file(spec: Case, path: Path, round_index: int, **process: Any) -> Record:
     try:
         found = read_result(path)
     except ValueError as error:
         return spec.record("crashed", f"invalid worker result: {error}", round_index, **process)
-    return Record(spec.engine, spec.workload, spec.settings, found.status, found.reason, found.measurements,
+    return Record(spec.engine, spec.workload, spec.describe(), found.status, found.reason, found.measurements,
                   found.scalars, round_index, **process)
 
 
-def _run_process(specs: Sequence[CaseSpec], round_index: int, timeout_s: float, command: CommandBuilder,
+def _run_process(specs: Sequence[Case], round_index: int, timeout_s: float, command: CommandBuilder,
                  emit: Callable[[Record], None]) -> int:
     """Run ``specs`` in order in one worker process, emitting a record per case it finished and one for the case
     it died in (if it did); returns how many cases it used up (at least one)."""
@@ -195,7 +177,9 @@ def _run_process(specs: Sequence[CaseSpec], round_index: int, timeout_s: float, 
                 emit(_from_file(specs[index], results[index], round_index, **info))
 
         with stderr_path.open("wb") as stderr:
-            proc = _spawn(argv, worker_env(specs[0]), stderr, specs[0].settings.get("threads"))
+            settings = specs[0].settings
+            proc = _spawn(argv, worker_env(specs[0].engine, settings.threads, settings.device), stderr,
+                          settings.threads)
             returncode, peak, timed_out = _wait(proc.pid, timeout_s, results, on_result)
             proc.returncode = returncode  # reaped by _wait; keeps Popen from waiting on it again
         ended, tail = time.monotonic(), _tail(stderr_path)
@@ -220,7 +204,7 @@ def _run_process(specs: Sequence[CaseSpec], round_index: int, timeout_s: float, 
         return index + 1
 
 
-def run_group(specs: Sequence[CaseSpec], round_index: int = 0, timeout_s: float = 600.0,
+def run_group(specs: Sequence[Case], round_index: int = 0, timeout_s: float = 600.0,
               command: CommandBuilder = worker_command, emit: Callable[[Record], None] | None = None) -> list[Record]:
     """Run cases of one engine in one fresh worker process (another for the rest if one dies); their records in
     order, each also handed to ``emit`` as soon as it is known. ``timeout_s`` bounds each case, not the group."""
@@ -232,14 +216,14 @@ def run_group(specs: Sequence[CaseSpec], round_index: int = 0, timeout_s: float 
     return records
 
 
-def plan(specs: Sequence[CaseSpec], rounds: int, seed: int) -> list[tuple[int, list[CaseSpec]]]:
+def plan(specs: Sequence[Case], rounds: int, seed: int) -> list[tuple[int, list[Case]]]:
     """(round, cases of one process): per round, one group per engine (and threads, device) in a fresh seeded
     random order, the cases within each group shuffled too."""
     if rounds < 1:
         raise ValueError(f"rounds must be at least 1, got {rounds}")
-    groups: dict[str, list[CaseSpec]] = {}
+    groups: dict[str, list[Case]] = {}
     for spec in specs:
-        key = json.dumps([spec.engine, spec.settings.get("threads"), spec.settings.get("device", "cpu")])
+        key = json.dumps([spec.engine, spec.settings.threads, spec.settings.device])
         groups.setdefault(key, []).append(spec)
     rng, order = random.Random(seed), []
     for round_index in range(rounds):
@@ -251,17 +235,14 @@ def plan(specs: Sequence[CaseSpec], rounds: int, seed: int) -> list[tuple[int, l
     return order
 
 
-def run_cases(specs: Sequence[CaseSpec], jsonl_path: str | Path, *, rounds: int = 1, seed: int = 0,
+def run_cases(specs: Sequence[Case], jsonl_path: str | Path, *, rounds: int = 1, seed: int = 0,
               timeout_s: float = 600.0, command: CommandBuilder = worker_command, log: Log = print) -> list[Record]:
     """Run every case ``rounds`` times (see :func:`plan`), appending each record to ``jsonl_path`` as it lands and
     logging one line per record; engines that cannot run here are recorded once as ``skipped``."""
-    for spec in specs:
-        if spec.workload not in WORKLOADS:
-            raise ValueError(f"unknown workload {spec.workload!r}; choose one of {WORKLOADS}")
     records: list[Record] = []
     runnable = []
     for spec in specs:
-        why = skip_reason(spec.engine, spec.settings)
+        why = skip_reason(spec.engine, spec.settings.nanogpt)
         if why:
             records.append(spec.record("skipped", why))
             append_jsonl(jsonl_path, records[-1])

@@ -14,34 +14,32 @@ import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from llmdual.bench.engines import ENGINES
-from llmdual.bench.results import Record
+from llmdual.bench.engines.table import host_env
+from llmdual.bench.report.results import Record
+from llmdual.bench.settings import Case
 from llmdual.core.io import atomic_write
 
 
-def _failure(case: dict[str, Any], error: BaseException) -> Record:
+def _failure(case: Case, error: BaseException) -> Record:
     """A ``failed`` record naming the exception and the line that raised it (traceback on stderr)."""
     traceback.print_exception(error)
     where = traceback.extract_tb(error.__traceback__)[-1] if error.__traceback__ else None
     place = f" ({Path(where.filename).name}:{where.lineno})" if where else ""
     message = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    return Record(case["engine"], case["workload"], case["settings"], "failed",
-                  f"{type(error).__name__}: {message[:400]}{place}")
+    return case.record("failed", f"{type(error).__name__}: {message[:400]}{place}")
 
 
-def run_cases(cases: Sequence[dict[str, Any]], result_paths: Sequence[str]) -> None:
+def run_cases(cases: Sequence[Case], result_paths: Sequence[str]) -> None:
     """Open the cases' engine once, probe it, then run and write each case in order."""
     from llmdual.bench import workloads
-    from llmdual.bench.engines import open_engine
+    from llmdual.bench.engines.table import open_engine
 
     runtime, probe_flops, opened = None, None, None
     try:
-        runtime = open_engine(cases[0]["engine"], cases[0]["settings"])
+        runtime = open_engine(cases[0].engine, cases[0].settings)
         probe_flops = runtime.probe_flops()
-        runtime.prefetch([(c["settings"], workloads.TASKS[c["workload"]], c["workload"] == "generate")
-                          for c in cases if c["workload"] in workloads.TASKS])
+        runtime.prefetch([(c.settings, workloads.TASKS[c.workload], c.workload == "generate") for c in cases])
     except Exception as error:  # noqa: BLE001 -- the engine cannot start here: every case says why
         opened = error
     for case, path in zip(cases, result_paths):
@@ -49,7 +47,7 @@ def run_cases(cases: Sequence[dict[str, Any]], result_paths: Sequence[str]) -> N
             record = _failure(case, opened)
         else:
             try:
-                record = workloads.run(runtime, case["engine"], case["workload"], case["settings"])
+                record = workloads.run(runtime, case)
                 record.scalars["probe_flops"] = probe_flops
             except Exception as error:  # noqa: BLE001 -- any failure of a case is its record
                 record = _failure(case, error)
@@ -65,12 +63,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if len(args.case_json) != len(args.result):
         parser.error("give one --result per --case-json")
-    cases = [json.loads(text) for text in args.case_json]
-    if len({case["engine"] for case in cases}) != 1:
+    try:
+        cases = [Case.from_json(text) for text in args.case_json]
+    except (ValueError, TypeError) as error:
+        parser.error(f"--case-json: {error}")
+    if len({case.engine for case in cases}) != 1:
         parser.error("the cases of one worker must share their engine")
-    engine = ENGINES.get(cases[0]["engine"])
-    if engine is not None and engine.keras_backend:  # the runner sets it too; this keeps a manual run honest
-        os.environ["KERAS_BACKEND"] = engine.keras_backend
+    os.environ.update(host_env(cases[0].engine))  # the runner sets it too; this keeps a manual run honest
     run_cases(cases, args.result)
     return 0
 

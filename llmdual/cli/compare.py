@@ -1,4 +1,5 @@
-"""``llmdual compare ...``: the benchmark's command line (``llmdual.bench.command``, as ``benchmarks/compare.py``)."""
+"""``llmdual compare ...``: registers the benchmark's command line, ``llmdual.bench.command.main`` (also
+``benchmarks/compare.py``), and hands it everything after ``compare``."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import argparse
 
 
 def run(argv: list[str]) -> int:
-    """Run the benchmark with ``argv``; its exit status."""
+    """Run the benchmark with ``argv``; its exit status (the bench is imported only when it runs)."""
     from llmdual.bench.command import main
 
     return main(argv, prog="llmdual compare")

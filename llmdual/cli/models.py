@@ -7,15 +7,14 @@ import json
 from pathlib import Path
 
 from llmdual.cli.common import CliError, existing_file, id_list, tokenizer_path
-
-ENGINES = ["torch", "keras", "onnx"]
+from llmdual.contract import backends, export_formats, runtimes, targets
 
 
 def generate(args: argparse.Namespace) -> int:
     import llmdual
     from llmdual.serve.engine import load_engine
 
-    engine = load_engine(args.checkpoint, args.engine, tokenizer_path(args.checkpoint, args.tokenizer))
+    engine = load_engine(args.checkpoint, args.backend, tokenizer_path(args.checkpoint, args.tokenizer))
     if args.prompt is not None and engine.tokenizer is None:
         raise CliError("a text --prompt needs a tokenizer (--tokenizer tokenizer.json); or pass --ids 1,2,3")
     prompt = args.prompt if args.prompt is not None else args.ids
@@ -45,7 +44,7 @@ def evaluate(args: argparse.Namespace) -> int:
     if path is None:
         raise CliError("evaluate needs the model's tokenizer (--tokenizer tokenizer.json) to encode the corpus")
     tokenizer = Tokenizer.load(path)
-    if args.engine == "onnx":
+    if args.backend in runtimes():
         from llmdual.onnx import evaluate as onnx_evaluate
         from llmdual.onnx import open_session
         from llmdual.onnx.runtime import export_info
@@ -54,7 +53,7 @@ def evaluate(args: argparse.Namespace) -> int:
         data = _lm_data(args.checkpoint, tokenizer, args, export_info(session).config)
         metrics = onnx_evaluate(session, (data.get_batch(args.split, args.batch_size, i) for i in range(args.batches)))
     else:
-        model = llmdual.load(args.checkpoint, args.engine)
+        model = llmdual.load(args.checkpoint, args.backend)
         if model.task != "lm":
             raise CliError(f"{args.checkpoint} holds a {model.task!r} model; evaluate runs LMs on the built-in corpus")
         data = _lm_data(args.checkpoint, tokenizer, args, model.config)
@@ -78,9 +77,10 @@ def export(args: argparse.Namespace) -> int:
 def add(sub: argparse._SubParsersAction) -> None:
     fmt = argparse.ArgumentDefaultsHelpFormatter
     g = sub.add_parser("generate", help="continue a prompt with a model file or ONNX export", formatter_class=fmt,
-                       description="Generate with a model file (torch, keras) or a KV-cache ONNX export (onnx).")
-    g.add_argument("checkpoint", type=existing_file, help="model file (.safetensors), or .onnx for --engine onnx")
-    g.add_argument("--engine", choices=ENGINES, default="torch")
+                       description="Generate with a model file on a backend, or with a KV-cache ONNX export (onnx).")
+    g.add_argument("checkpoint", type=existing_file, help="model file (.safetensors), or .onnx for --backend onnx")
+    g.add_argument("--backend", "--engine", dest="backend", choices=targets("decoding"), default="torch",
+                   help="the backend, or the runtime of an export")
     prompt = g.add_mutually_exclusive_group(required=True)
     prompt.add_argument("--prompt", help="prompt text (needs the tokenizer)")
     prompt.add_argument("--ids", type=id_list, help="prompt as comma-separated token ids")
@@ -95,8 +95,9 @@ def add(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("evaluate", help="loss and perplexity on the built-in corpus", formatter_class=fmt,
                        description="Loss and perplexity of an LM on the standard library's source (the same file "
                        "draw as llmdual train with equal --files and --seed); prints JSON.")
-    e.add_argument("checkpoint", type=existing_file, help="model file, or .onnx for --engine onnx")
-    e.add_argument("--engine", choices=ENGINES, default="torch")
+    e.add_argument("checkpoint", type=existing_file, help="model file, or .onnx for --backend onnx")
+    e.add_argument("--backend", "--engine", dest="backend", choices=targets("forward"), default="torch",
+                   help="the backend, or the runtime of an export")
     e.add_argument("--tokenizer", type=existing_file, help="tokenizer.json (default: <stem>.tokenizer.json)")
     e.add_argument("--split", choices=["train", "val"], default="val")
     e.add_argument("--files", type=int, default=20, help="corpus files drawn")
@@ -106,16 +107,13 @@ def add(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--batches", type=int, default=4)
     e.set_defaults(func=evaluate)
 
-    from llmdual.export import FORMATS
-
     x = sub.add_parser("export", help="export a model file (ONNX, torch.export, AOTInductor, SavedModel, LiteRT)",
                        formatter_class=fmt, description="Export a model file; every export is verified against "
                        "the native model at other shapes before it is kept.")
     x.add_argument("checkpoint", type=existing_file, help="model file (.safetensors)")
     x.add_argument("out", type=Path, help="file or folder to write")
-    x.add_argument("--backend", choices=["torch", "keras"], default="torch")
-    x.add_argument("--format", default="onnx", choices=list(FORMATS),
-                   help="onnx (either backend); torch-export, aoti (torch: .pt2 files); saved-model, litert "
-                   "(keras: folders)")
+    x.add_argument("--backend", choices=[b for b in backends() if export_formats(b)], default="torch")
+    x.add_argument("--format", default="onnx", choices=export_formats(),
+                   help="; ".join(f"{b}: {', '.join(export_formats(b))}" for b in backends() if export_formats(b)))
     x.add_argument("--kv-cache", action="store_true", help="export the KV-cache decoder step (for serving)")
     x.set_defaults(func=export)

@@ -28,18 +28,18 @@ def junit(reports: list) -> str:
 
 
 def checkpoint_report(path: Path, seed: int, checks: list):
-    """The checks on a model file's config, task and weights (loaded into both backends)."""
+    """The checks on a model file's config, task and weights (loaded into every backend that runs models)."""
     from llmdual.api import load, read_model
-    from llmdual.parity import ParityContext, ParityReport, first_divergence
+    from llmdual.contract import backends
+    from llmdual.parity import ParityContext, ParityReport, localise
 
     config, task, _ = read_model(path)
     ctx = ParityContext(config, task, seed)
-    ctx.models = {b: load(path, b) for b in ("torch", "keras")}
+    ctx.models = {b: load(path, b) for b in backends("forward")}
     report = ParityReport(config, task, seed)
     for check in checks:
         report.checks.extend(check(ctx))
-    if not all(c.passed for c in report.checks if c.name.startswith("logits")):
-        report.divergence = first_divergence(ctx)
+    localise(ctx, report)
     return report
 
 
@@ -68,11 +68,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add(sub: argparse._SubParsersAction) -> None:
+    from llmdual.contract import backends
     from llmdual.core.config import PRESETS
     from llmdual.parity import GROUPS
 
-    p = sub.add_parser("parity", help="check that the PyTorch and Keras backends compute the same numbers",
-                       description="Parity checks between the PyTorch and Keras backends; exit 1 if any fails.",
+    names = ", ".join(backends())
+    p = sub.add_parser("parity", help=f"check that the backends ({names}) compute the same numbers",
+                       description=f"Parity checks between every pair of backends ({names}), and of each against "
+                       "the float64 reference; exit 1 if any fails.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="model size to check")
     p.add_argument("--task", choices=["lm", "classifier", "both"], default="both")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from llmdual.cli.common import existing_file, tokenizer_path
+from llmdual.contract import targets
 
 
 def run(args: argparse.Namespace) -> int:
@@ -21,7 +22,8 @@ def add(sub: argparse._SubParsersAction) -> None:
                        description="An OpenAI-compatible completion server with micro-batching. SIGINT/SIGTERM "
                        "finish running requests, then exit.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("checkpoint", type=existing_file, help="model file; for --engine onnx also a KV-cache .onnx")
-    p.add_argument("--engine", choices=["torch", "keras", "onnx"], default="torch")
+    p.add_argument("--engine", "--backend", dest="engine", choices=targets("decoding"), default="torch",
+                   help="the backend that generates, or the runtime of an export")
     p.add_argument("--tokenizer", type=existing_file,
                    help="tokenizer.json for text prompts (default: <stem>.tokenizer.json if present; else ids only)")
     p.add_argument("--host", default="127.0.0.1")

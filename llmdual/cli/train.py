@@ -73,8 +73,8 @@ def run(args: argparse.Namespace) -> int:
     from llmdual.contract import backend
     from llmdual.core.corpus import stdlib_lm_data
     from llmdual.core.shard import rank_and_world
-    from llmdual.parallel.launch import launcher_env
     from llmdual.core.tokenizer import MIN_VOCAB
+    from llmdual.parallel.launch import launcher_env
 
     resolved = resolve(args)
     world = resolved["train"]["data_parallel"]
@@ -108,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add(sub: argparse._SubParsersAction) -> None:
+    from llmdual.contract import backends
     from llmdual.core.config import PRESETS
 
     p = sub.add_parser("train", help="train an LM on the built-in corpus into a model file",
@@ -115,7 +116,7 @@ def add(sub: argparse._SubParsersAction) -> None:
                        "<stem>.tokenizer.json and <stem>.config.json (the resolved settings, reusable with "
                        "--config).", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", type=Path, required=True, help="model file to write (.safetensors)")
-    p.add_argument("--backend", choices=["torch", "keras"], default="torch")
+    p.add_argument("--backend", choices=backends("training"), default="torch")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="model size")
     source.add_argument("--config", type=existing_file, metavar="JSON",

@@ -20,7 +20,8 @@ MIN_CACHE = 16  # the smallest static cache: shorter generations share its compi
 
 @runtime_checkable
 class Decoder(Protocol):
-    """What ``generate`` needs from an engine. Arrays are numpy: ids and masks int64, logits float32.
+    """What ``generate`` needs from an engine. Arrays are numpy: ids and masks int64, logits float32 (float64 from the
+    float64 reference backend).
 
     ``attention_mask`` always covers every token so far (prompt padding 0, everything else 1); the state is
     opaque to ``generate`` (a KV cache, or the ids so far for an engine that recomputes).

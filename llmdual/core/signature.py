@@ -3,14 +3,12 @@ their dynamic axes, seeded feeds for verification, the shapes verified, and the 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from llmdual.core.config import Config
-from llmdual.contract import backend_of
 
 Axes = tuple[str | int, ...]  # per dimension: a dynamic axis name, or a fixed size
 Shape = tuple[int, int, int]  # (batch, new tokens, cached tokens) of one verification run
@@ -121,18 +119,19 @@ def compare(
 
 
 def check_outputs(
-    model: Any, sig: Signature, runs: Sequence[tuple[Shape, dict[str, np.ndarray], Sequence[np.ndarray]]],
-    what: str, atol: float, rtol: float,
+    native: Callable[[dict[str, np.ndarray]], Sequence[np.ndarray]], name: str, sig: Signature,
+    runs: Sequence[tuple[Shape, dict[str, np.ndarray], Sequence[np.ndarray]]], what: str, atol: float, rtol: float,
 ) -> dict[str, float]:
     """Max abs difference per shape between an export's outputs (``runs``: shape, feeds, outputs) and the native
-    ``model`` on the same feeds; ``VerificationError`` naming ``what`` and every failure if any is off."""
+    model's (``native``: feeds in, outputs out; ``name``: its backend) on the same feeds; ``VerificationError``
+    naming ``what`` and every failure if any is off."""
     diffs, failed = {}, []
     for shape, feeds, got in runs:
-        want = backend_of(model).run_signature(model, sig, feeds)
+        want = native(feeds)
         diffs[shape_label(shape)], off = compare(list(sig.outputs), got, want, shape_label(shape), atol, rtol)
         failed += off
     if failed:
-        raise VerificationError(f"{what} does not match the native {backend_of(model).NAME} model (atol {atol:g}, "
+        raise VerificationError(f"{what} does not match the native {name} model (atol {atol:g}, "
                                 f"rtol {rtol:g}): " + "; ".join(failed) + f"; max abs diff per shape {diffs}")
     return diffs
 

@@ -1,0 +1,1 @@
+"""Experiments the examples run side by side in every backend (training curves, fine-tuning); not library API."""

@@ -14,18 +14,18 @@ import numpy as np
 from llmdual.api import build, forward, get_weights
 from llmdual.bench.env import peak_rss_mb
 from llmdual.bench.timing import reset_peak_rss
-from llmdual.core.config import Config
 from llmdual.contract import backend_name
+from llmdual.core.config import Config
 from llmdual.core.corpus import default_corpus_files, stdlib_dir
 from llmdual.core.data import LMDataset, token_stream
-from llmdual.evaluate import mean_loss
-from llmdual.experiments.sidebyside import draw_history, save_png
-from llmdual.lora import add_lora, merge_lora
-from llmdual.quantize import Quality, measure, quantized_copy
 from llmdual.core.recipe import History, TrainConfig
 from llmdual.core.tokenizer import Tokenizer
-from llmdual.training import train
 from llmdual.core.weights import trainable_shapes
+from llmdual.evaluate import mean_loss
+from llmdual.experiments.sidebyside import PALETTE, STYLES, draw_history, save_png
+from llmdual.lora import add_lora, merge_lora
+from llmdual.quantize import Quality, measure, quantized_copy
+from llmdual.training import train
 
 
 @dataclass
@@ -132,12 +132,11 @@ def plot_adaptation(results: dict[str, dict[str, Variant]], path: str | Path, ti
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(11, 5))
-    colors = {"torch": ("tab:red", "tab:orange"), "keras": ("tab:blue", "tab:cyan")}
-    for backend, variants in results.items():
-        style = "-" if backend == "torch" else "--"
-        for (name, label), color in zip((("lora", "LoRA"), ("full", "full fine-tune")), colors[backend]):
+    for i, (backend, variants) in enumerate(results.items()):
+        style, colors = STYLES[i % len(STYLES)], PALETTE[i % len(PALETTE)]
+        for (name, label), color in zip((("lora", "LoRA"), ("full", "full fine-tune")), colors):
             draw_history(ax, variants[name].history, style, color, f"{backend} {label}")
-        ax.axhline(variants["base"].val_loss, color=colors[backend][0], lw=1, ls=":",
+        ax.axhline(variants["base"].val_loss, color=colors[0], lw=1, ls=":",
                    label=f"{backend} base model, val ({variants['base'].val_loss:.2f})")
     ax.set(xlabel="fine-tuning step", ylabel="cross-entropy (nats)", title=title)
     ax.grid(alpha=0.3)

@@ -15,11 +15,15 @@ from typing import Any
 import numpy as np
 
 from llmdual.api import build
+from llmdual.contract import backends as registered
 from llmdual.core.config import Config
-from llmdual.contract import BACKENDS
-from llmdual.evaluate import evaluate
 from llmdual.core.io import atomic_write
+from llmdual.evaluate import evaluate
 from llmdual.training import History, TrainConfig, train
+
+# Line colours (a main one and a paler one) and styles, one per backend in the order the runs come
+PALETTE = [("tab:red", "tab:orange"), ("tab:blue", "tab:cyan"), ("tab:green", "tab:olive"), ("tab:purple", "tab:pink")]
+STYLES = ["-", "--", "-.", ":"]
 
 
 @dataclass
@@ -38,11 +42,11 @@ class Run:
 
 
 def train_side_by_side(config: Config, task: str, data: Any, train_config: TrainConfig,
-                       backends: Sequence[str] = BACKENDS, eval_batch_size: int = 32) -> dict[str, Run]:
-    """Build each backend's model from ``train_config.seed`` (bit-identical start), train it on the same
+                       backends: Sequence[str] | None = None, eval_batch_size: int = 32) -> dict[str, Run]:
+    """Build each backend's model (default: every backend that trains) from ``train_config.seed`` (bit-identical start), train it on the same
     batches with the same recipe, and evaluate it on the validation split."""
     runs = {}
-    for backend in backends:
+    for backend in registered("training") if backends is None else backends:
         model = build(config, backend, task, seed=train_config.seed)
         start = time.perf_counter()
         history = train(model, data, train_config)
@@ -60,8 +64,8 @@ def plot_curves(runs: dict[str, Run], path: str | Path, title: str, baseline: fl
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for (backend, run), color, style in zip(runs.items(), ("tab:red", "tab:blue"), ("-", "--")):
-        draw_history(ax, run.history, style, color, backend)
+    for i, (backend, run) in enumerate(runs.items()):
+        draw_history(ax, run.history, STYLES[i % len(STYLES)], PALETTE[i % len(PALETTE)][0], backend)
     if baseline is not None:
         ax.axhline(baseline, color="gray", lw=1, ls=":", label=f"unigram baseline ({baseline:.2f})")
     ax.set(xlabel="optimizer step", ylabel="cross-entropy (nats)", title=title)

@@ -20,47 +20,40 @@ from typing import Any
 
 import numpy as np
 
-from llmdual.contract import backend, backend_name, backend_of
+from llmdual.contract import backend, backend_name, backend_of, export_formats, native_formats
 from llmdual.core.io import atomic_write, atomic_write_dir
 from llmdual.core.report import table
 from llmdual.core.signature import Shape, VerificationError, check_outputs, default_shapes, make_feeds, signature
 
-# format -> (backend that writes it, what it is on disk)
-FORMATS: dict[str, tuple[str, str]] = {
-    "torch-export": ("torch", "file"),  # a torch.export ExportedProgram, .pt2
-    "aoti": ("torch", "file"),  # the program compiled by AOTInductor, a .pt2 package
-    "saved-model": ("keras", "folder"),  # a TensorFlow SavedModel
-    "litert": ("keras", "folder"),  # a LiteRT (TensorFlow Lite) flatbuffer, model.tflite
-}
-SUFFIX = {"torch-export": ".pt2", "aoti": ".pt2"}  # torch's loaders take .pt2 files only
-# formats that export the plain LM only, and why
-PLAIN_LM_ONLY = {"litert": "the classifier and the KV-cache decoder step convert to TensorFlow Select ops "
-                           "(FlexStridedSlice), which the LiteRT interpreter installed with TensorFlow cannot run"}
+# format -> (the backend that writes it, the format): from the registry
+FORMATS = native_formats()
 
 
 def check_format(model: Any, format: str, kv_cache: bool) -> str:
     """``format`` if the model's backend exports this model to it natively, else ``ValueError`` naming why (and
     what that backend offers)."""
     name = backend_name(model)
-    offered = backend_of(model).native_formats()
+    offered = native_formats(name)
     if format not in offered:
         raise ValueError(f"format {format!r} is not available for a {name} model; the {name} backend exports to "
-                         f"{', '.join(('onnx', *offered))}")
-    if format in PLAIN_LM_ONLY and (kv_cache or model.task != "lm"):
-        raise ValueError(f"{format} exports the plain LM only: {PLAIN_LM_ONLY[format]}; export this one as "
-                         f"{' or '.join(f for f in ('onnx', *offered) if f not in PLAIN_LM_ONLY)}")
+                         f"{', '.join(export_formats(name)) or 'nothing'}")
+    why = offered[format][1].plain_lm_only
+    if why and (kv_cache or model.task != "lm"):
+        others = [f for f in export_formats(name) if not (f in offered and offered[f][1].plain_lm_only)]
+        raise ValueError(f"{format} exports the plain LM only: {why}; export this one as {' or '.join(others)}")
     return format
 
 
 def check_path(path: str | os.PathLike, format: str) -> Path:
     """``path`` as a Path if ``format`` can be written there, else the error naming why, before any work is done."""
-    path, kind = Path(path), FORMATS[format][1]
+    path, spec = Path(path), FORMATS[format][1]
+    kind, suffix = spec.kind, spec.suffix
     if kind == "file" and path.is_dir():
         raise IsADirectoryError(f"cannot write the {format} file to {path}: it is a folder; name a file inside it")
     if kind == "folder" and path.exists() and not path.is_dir():
         raise FileExistsError(f"cannot write the {format} folder to {path}: a file is there")
-    if format in SUFFIX and path.suffix != SUFFIX[format]:
-        raise ValueError(f"a {format} export is a {SUFFIX[format]} file; got {path.name!r}")
+    if suffix and path.suffix != suffix:
+        raise ValueError(f"a {format} export is a {suffix} file; got {path.name!r}")
     if not path.parent.is_dir():
         raise FileNotFoundError(f"cannot write {path}: folder {path.parent} does not exist")
     if not os.access(path.parent, os.W_OK):
@@ -85,7 +78,9 @@ def verify_native(
     shapes = default_shapes(config, kv_cache) if shapes is None else [tuple(s) for s in shapes]
     feeds = [make_feeds(config, sig, shape, seed) for shape in shapes]
     got = _run_fresh(path, format, name, feeds)
-    return check_outputs(model, sig, list(zip(shapes, feeds, got)), f"{path} ({format})", atol, rtol)
+    native = backend_of(model)
+    return check_outputs(lambda feed: native.run_signature(model, sig, feed), name, sig, list(zip(shapes, feeds, got)),
+                         f"{path} ({format})", atol, rtol)
 
 
 def _run_fresh(path: str | os.PathLike, format: str, name: str, feeds: list[dict[str, np.ndarray]]) -> list[list]:
@@ -146,7 +141,7 @@ def export_native(
     traced = (B, T, min(3, config.max_seq_len - T) if kv_cache else 0)
     metadata = {
         "llmdual.backend": name, "llmdual.format": format, "llmdual.task": model.task,
-        "llmdual.kv_cache": str(int(kv_cache)), "llmdual.core.config": config.to_json(),
+        "llmdual.kv_cache": str(int(kv_cache)), "llmdual.config": config.to_json(),
         "llmdual.inputs": ",".join(sig.inputs), "llmdual.outputs": ",".join(sig.outputs),
     }
     seconds: dict[str, float] = {}
@@ -159,7 +154,7 @@ def export_native(
         diffs.update(verify_native(tmp, format, model, kv_cache, None, atol, rtol))
         seconds["verify"] = time.perf_counter() - start - seconds["export"]
 
-    (atomic_write_dir if FORMATS[format][1] == "folder" else atomic_write)(path, write)
+    (atomic_write_dir if FORMATS[format][1].kind == "folder" else atomic_write)(path, write)
     return NativeResult(
         path=path, format=format, backend=name, task=model.task, kv_cache=kv_cache, file_bytes=size_of(path),
         export_seconds=seconds["export"], verify_seconds=seconds["verify"], max_abs_diff=diffs, atol=atol, rtol=rtol,

@@ -9,12 +9,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from llmdual.core.config import Config
 from llmdual.contract import backend
+from llmdual.core.config import Config
 from llmdual.core.decoding import StepDecoder, padded_positions
-from llmdual.native.export import FORMATS
 from llmdual.core.signature import step_feeds
 from llmdual.core.validate import check_inputs
+from llmdual.native.export import FORMATS
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ def load(path: str | os.PathLike, format: str) -> Artefact:
     run, meta = backend(FORMATS[format][0]).load_native(os.fspath(path), format)
     if meta.get("llmdual.format") != format:
         raise ValueError(f"{path} is not an llmdual {format} export (it says {meta.get('llmdual.format')!r})")
-    return Artefact(os.fspath(path), format, Config.from_json(meta["llmdual.core.config"]), meta["llmdual.task"],
+    return Artefact(os.fspath(path), format, Config.from_json(meta["llmdual.config"]), meta["llmdual.task"],
                     meta["llmdual.backend"], meta["llmdual.kv_cache"] == "1", run)
 
 

@@ -2,8 +2,8 @@
 
 This layer is framework-free: the checks (``onnx.checker``, then onnxruntime vs the native model at shapes the
 exporter never saw, on the interface and inputs of ``llmdual.core.signature``), int8 quantization and the result
-tables. The backend parts (``llmdual/torch_backend/export.py``,
-``llmdual/keras_backend/export.py``) only turn a model into an ``onnx.ModelProto`` and run the native reference;
+tables. The backend parts (``llmdual/backends/torch/export.py``,
+``llmdual/backends/keras/export.py``) only turn a model into an ``onnx.ModelProto`` and run the native reference;
 they are imported on first use.
 """
 
@@ -23,7 +23,6 @@ import onnx
 
 from llmdual.contract import backend_name, backend_of
 from llmdual.core.io import atomic_write
-from llmdual.onnx.runtime import export_info, open_session
 from llmdual.core.signature import (
     Axes,
     Shape,
@@ -35,6 +34,7 @@ from llmdual.core.signature import (
     shape_label,
     signature,
 )
+from llmdual.onnx.runtime import export_info, open_session
 
 __all__ = [
     "DEFAULT_OPSET", "Axes", "ExportResult", "Shape", "Signature", "VerificationError", "check_target",
@@ -114,7 +114,9 @@ def verify(
     for shape in default_shapes(model.config, sig.kv_cache) if shapes is None else shapes:
         feeds = make_feeds(model.config, sig, tuple(shape), seed)
         runs.append((tuple(shape), feeds, session.run(list(sig.outputs), feeds)))
-    return check_outputs(model, sig, runs, str(path), atol, rtol)
+    native = backend_of(model)
+    return check_outputs(lambda feeds: native.run_signature(model, sig, feeds), backend_name(model), sig, runs,
+                         str(path), atol, rtol)
 
 
 @dataclass
@@ -166,7 +168,7 @@ def export_onnx(
     ``present.{i}.key/value``; an empty past (length 0) is a prefill. The file appears only once
     ``onnx.checker`` and onnxruntime-vs-native (``verify``, at other shapes) pass; on any failure nothing is left.
     """
-    backend, name = backend_of(model), backend_name(model)
+    backend, name = backend_of(model, "onnx"), backend_name(model)
     opset = _check_opset(DEFAULT_OPSET if opset is None else opset, backend.onnx_opsets(), name)
     if kv_cache and not dynamic:
         raise ValueError("kv_cache=True needs dynamic=True: the cache grows by one position every step")
@@ -181,7 +183,7 @@ def export_onnx(
         "llmdual.backend": name,
         "llmdual.task": model.task,
         "llmdual.kv_cache": str(int(kv_cache)),
-        "llmdual.core.config": config.to_json(),
+        "llmdual.config": config.to_json(),
     })
     export_seconds = time.perf_counter() - start
     if _opset_of(proto) != opset:

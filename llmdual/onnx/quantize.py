@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 
 from llmdual.core.io import atomic_write
+from llmdual.core.report import table
 from llmdual.onnx.export import check_target
 from llmdual.onnx.runtime import evaluate, export_info, logits, open_session
-from llmdual.core.report import table
 
 
 @dataclass

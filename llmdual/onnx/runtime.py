@@ -13,9 +13,9 @@ import onnxruntime as ort
 
 from llmdual.core.config import Config
 from llmdual.core.decoding import StepDecoder, padded_positions
-from llmdual.evaluate import cross_entropy_sum
 from llmdual.core.signature import step_feeds
 from llmdual.core.validate import check_inputs
+from llmdual.evaluate import cross_entropy_sum
 
 
 def open_session(path: str | os.PathLike, threads: int | None = None) -> ort.InferenceSession:
@@ -40,11 +40,11 @@ class ExportInfo:
 def export_info(session: ort.InferenceSession) -> ExportInfo:
     """Config, task, source backend and kind of an llmdual export; ``ValueError`` for a foreign ONNX file."""
     meta = session.get_modelmeta().custom_metadata_map
-    if "llmdual.core.config" not in meta:
-        raise ValueError("not an llmdual ONNX export: no 'llmdual.core.config' metadata (export it with "
+    if "llmdual.config" not in meta:
+        raise ValueError("not an llmdual ONNX export: no 'llmdual.config' metadata (export it with "
                          "llmdual.onnx.export.export_onnx)")
     kv_cache = any(i.name.startswith("past.") for i in session.get_inputs())
-    return ExportInfo(Config.from_json(meta["llmdual.core.config"]), meta["llmdual.task"], meta["llmdual.backend"], kv_cache)
+    return ExportInfo(Config.from_json(meta["llmdual.config"]), meta["llmdual.task"], meta["llmdual.backend"], kv_cache)
 
 
 def cache_feeds(

@@ -8,13 +8,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from llmdual.contract import backends
 from llmdual.core.config import PRESETS, Config
 from llmdual.parity import GROUPS, checks_for, run
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: print parity tables for a preset (both tasks by default); exit 1 if any check fails."""
-    parser = argparse.ArgumentParser(prog="python -m llmdual.parity", description="Parity between the PyTorch and Keras backends.")
+    parser = argparse.ArgumentParser(prog="python -m llmdual.parity",
+                                     description=f"Parity between the backends ({', '.join(backends())}).")
     parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
     parser.add_argument("--task", choices=["lm", "classifier", "both"], default="both")
     parser.add_argument("--seed", type=int, default=0)

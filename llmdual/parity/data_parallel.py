@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from llmdual.core.recipe import History
 from llmdual.parallel.launch import LAUNCHERS, PROCESS_LAUNCHERS, run_launched
 from llmdual.parity.core import Check, ParityContext
 from llmdual.parity.training import compare_runs
-from llmdual.core.recipe import History
 from llmdual.training import run_state_prefix
 
 # Per-step loss, N-way vs one device (and across the engines), relative: an all-reduce sums the ranks' gradients

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from llmdual.api import build, get_weights
-from llmdual.core.config import Config
 from llmdual.contract import backend
+from llmdual.core.config import Config
 from llmdual.core.shard import rank_and_world
 from llmdual.parallel.launch import LAUNCHERS
 from llmdual.parity.core import ParityContext

@@ -1,9 +1,9 @@
 """Parity of training and generation between the backends: the checks ``llmdual.parity`` adds to its model checks.
 
 Each check trains fresh models (never the context's shared ones) on the same seeded batches with dropout 0 in
-fp32: per-step losses torch vs Keras, gradient accumulation against one larger batch, resuming from a mid-run
-run state (in the same backend and in the other one) against the uninterrupted run, and greedy generation
-with and without the KV cache.
+fp32: per-step losses for every pair of backends that train, gradient accumulation against one larger batch,
+resuming from a mid-run run state (in the same backend and in every other one) against the uninterrupted run, and
+greedy generation with and without the KV cache.
 """
 
 from __future__ import annotations
@@ -11,18 +11,19 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 from collections.abc import Callable
+from itertools import permutations
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from llmdual.api import build, get_weights
-from llmdual.generate import generate
-from llmdual.parity.core import BACKENDS, Check, ParityContext
 from llmdual.core.recipe import Batch, BatchFn, History, TrainConfig
+from llmdual.generate import generate
+from llmdual.parity.core import Check, ParityContext, pairs, peers
 from llmdual.training import run_state_prefix, train
 
-# Per-step loss, torch vs Keras, relative: kernels round differently (~1e-7 per op) and AdamW's normalised
+# Per-step loss, between two backends, relative: kernels round differently (~1e-7 per op) and AdamW's normalised
 # updates carry that into the weights, so losses drift apart slowly; 1e-4 over 20 steps is the issue's bound.
 LOSS_RTOL = 1e-4
 # Final weights by canonical name, max |w_a - w_b|, as a fraction of the farthest AdamW can move a weight in
@@ -99,26 +100,29 @@ def compare_runs(name: str, reference: tuple[History, dict], other: tuple[Histor
 
 
 def check_trajectory(ctx: ParityContext, cfg: TrainConfig | None = None) -> list[Check]:
-    """Same seed, same batches: torch and Keras follow the same loss curve to the same weights."""
+    """Same seed, same batches: every pair of backends that train follows the same loss curve to the same weights."""
     cfg = cfg or train_config()
-    torch_run, keras_run = (run(ctx, b, cfg) for b in BACKENDS)
-    checks = compare_runs("trajectory torch vs keras", torch_run, keras_run)
-    lr_same = torch_run[0].lr == keras_run[0].lr
-    checks.append(Check("trajectory: learning-rate schedule", 0.0 if lr_same else float("inf"), 0.0, 0.0, lr_same,
-                        f"warmup {cfg.warmup_steps}, cosine {cfg.lr:g} -> {cfg.min_lr:g}"))
-    norms_t, norms_k = np.asarray(torch_run[0].grad_norm), np.asarray(keras_run[0].grad_norm)
-    clipped = int((norms_t > cfg.grad_clip).sum())
-    rel = float((np.abs(norms_t - norms_k) / norms_t).max())
-    checks.append(Check("trajectory: pre-clip gradient norms", float(np.abs(norms_t - norms_k).max()), rel,
-                        GRAD_NORM_RTOL, rel <= GRAD_NORM_RTOL,
-                        f"clipped at {cfg.grad_clip} on {clipped}/{len(norms_t)} steps"))
+    runs = {b: run(ctx, b, cfg) for b in peers("training")}
+    checks = []
+    for a, b in pairs("training"):
+        name = f"trajectory {a} vs {b}"
+        checks += compare_runs(name, runs[a], runs[b])
+        lr_same = runs[a][0].lr == runs[b][0].lr
+        checks.append(Check(f"{name}: learning-rate schedule", 0.0 if lr_same else float("inf"), 0.0, 0.0, lr_same,
+                            f"warmup {cfg.warmup_steps}, cosine {cfg.lr:g} -> {cfg.min_lr:g}"))
+        norms_a, norms_b = np.asarray(runs[a][0].grad_norm), np.asarray(runs[b][0].grad_norm)
+        clipped = int((norms_a > cfg.grad_clip).sum())
+        rel = float((np.abs(norms_a - norms_b) / norms_a).max())
+        checks.append(Check(f"{name}: pre-clip gradient norms", float(np.abs(norms_a - norms_b).max()), rel,
+                            GRAD_NORM_RTOL, rel <= GRAD_NORM_RTOL,
+                            f"clipped at {cfg.grad_clip} on {clipped}/{len(norms_a)} steps"))
     return checks
 
 
 def check_accumulation(ctx: ParityContext) -> list[Check]:
     """In each backend, k=2 micro-batches per step equal one batch twice as large."""
     checks = []
-    for backend in BACKENDS:
+    for backend in peers("training"):
         whole = run(ctx, backend, train_config(steps=4, batch_size=4))
         accumulated = run(ctx, backend, train_config(steps=4, batch_size=4, grad_accum=2))
         checks += compare_runs(f"grad accumulation 2x2 vs 1x4 [{backend}]", whole, accumulated)
@@ -127,35 +131,37 @@ def check_accumulation(ctx: ParityContext) -> list[Check]:
 
 def check_resume(ctx: ParityContext) -> list[Check]:
     """Resuming from a mid-run run state (weights, AdamW moments, step) reproduces the uninterrupted run, in
-    the backend that wrote it and in the other one."""
-    checks = []
+    the backend that wrote it and in every other one that trains."""
+    names, checks = peers("training"), []
     with tempfile.TemporaryDirectory() as tmp:
         uninterrupted = {}
-        for backend in BACKENDS:
+        for backend in names:
             cfg = train_config(steps=6, checkpoint_dir=str(Path(tmp) / backend), checkpoint_interval=3)
             uninterrupted[backend] = run(ctx, backend, cfg)
-        for writer, reader in (("torch", "torch"), ("keras", "keras"), ("torch", "keras"), ("keras", "torch")):
+        for writer, reader in [(b, b) for b in names] + list(permutations(names, 2)):
             resumed = run(ctx, reader, train_config(steps=6), resume=run_state_prefix(Path(tmp) / writer, 3))
             checks += compare_runs(f"resume at step 3: {writer} run state -> {reader}", uninterrupted[reader], resumed)
     return checks
 
 
 def check_generation(ctx: ParityContext) -> list[Check]:
-    """LM only: greedy tokens identical in both backends, with and without the KV cache."""
-    if ctx.task != "lm":
+    """LM only: greedy tokens identical in every backend that decodes, with and without the KV cache (the first
+    backend's cached decoding the one they are held to: equality is transitive)."""
+    names = peers("decoding")
+    if ctx.task != "lm" or not names:
         return []
     ids, _ = ctx.inputs
     new = min(GENERATED_TOKENS, ctx.config.max_seq_len - 4 + 1)
     prompts = ids[:, :4]
     outputs = {(b, cache): np.stack(generate(ctx.models[b], prompts, new, use_cache=cache, stop_at_eot=False))
-               for b in BACKENDS for cache in (True, False)}
-    reference = outputs[("torch", True)]
+               for b in names for cache in (True, False)}
+    reference = outputs[(names[0], True)]
     checks = []
     for (backend, cache), tokens in outputs.items():
-        if (backend, cache) == ("torch", True):
+        if (backend, cache) == (names[0], True):
             continue
         differing = int((tokens != reference).sum())
-        checks.append(Check(f"greedy {new} tokens: {backend} {'cache' if cache else 'no cache'} vs torch cache",
+        checks.append(Check(f"greedy {new} tokens: {backend} {'cache' if cache else 'no cache'} vs {names[0]} cache",
                             float(differing), differing / reference.size, 0.0, differing == 0,
                             f"{reference.shape[0]} prompts; {differing} tokens differ"))
     return checks

@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from llmdual.serve.app import ServeOptions, create_app
-from llmdual.serve.engine import ENGINES, Engine, load_engine
+from llmdual.serve.engine import Engine, load_engine
 
 
 def serve(checkpoint: str | Path, engine: str = "torch", host: str = "127.0.0.1", port: int = 8000,
@@ -31,4 +31,4 @@ def serve(checkpoint: str | Path, engine: str = "torch", host: str = "127.0.0.1"
                 timeout_graceful_shutdown=int(options.timeout_s) + 5)
 
 
-__all__ = ["ENGINES", "Engine", "ServeOptions", "create_app", "load_engine", "serve"]
+__all__ = ["Engine", "ServeOptions", "create_app", "load_engine", "serve"]

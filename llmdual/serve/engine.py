@@ -7,10 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llmdual.contract import runtimes, targets
 from llmdual.core.config import Config
 from llmdual.core.tokenizer import Tokenizer
-
-ENGINES = ("torch", "keras", "onnx")
 
 
 @dataclass
@@ -53,12 +52,12 @@ def _onnx_target(checkpoint: Path) -> tuple[Config, Any]:
 def load_engine(checkpoint: str | Path, engine: str = "torch", tokenizer: str | Path | None = None,
                 model_id: str | None = None) -> Engine:
     """Load ``checkpoint`` (a model file; for ``onnx`` also a KV-cache ``.onnx`` export) on ``engine``."""
-    if engine not in ENGINES:
-        raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    if engine not in targets("decoding"):
+        raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(targets('decoding'))}")
     path = Path(checkpoint)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    if engine == "onnx":
+    if engine in runtimes():
         config, target = _onnx_target(path)
     else:
         from llmdual.api import load

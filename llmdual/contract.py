@@ -241,6 +241,7 @@ REGISTRY: dict[str, BackendInfo] = {info.name: info for info in (
                 formats=(NativeFormat("torch-export", "file", ".pt2"), NativeFormat("aoti", "file", ".pt2"))),
     BackendInfo("keras", ("keras",), "keras", EVERYTHING, host=_KERAS_HOSTS, onnx_needs=("tf2onnx",),
                 formats=(NativeFormat("saved-model", "folder"), NativeFormat("litert", "folder", "", _PLAIN_LM_LITERT))),
+    BackendInfo("numpy", (), "", "forward decoding reference"),
 )}
 # The runtimes of exported artefacts
 RUNTIMES: dict[str, RuntimeInfo] = {info.name: info for info in (

@@ -64,6 +64,12 @@ def _id_row(row: Any, index: int) -> list[int]:
     return [int(v) for v in row]
 
 
+def _vocab_size(decoder: Decoder) -> int | None:
+    """The model's vocab_size where the decoder tells it (native decoders and ONNX exports do), else None."""
+    config = getattr(decoder, "config", None) or getattr(getattr(decoder, "info", None), "config", None)
+    return getattr(config, "vocab_size", None)
+
+
 def left_pad(rows: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
     """Right-aligned ids [B, T] and their attention mask (0 on the left padding)."""
     width = max(len(r) for r in rows)
@@ -99,11 +105,14 @@ def generate(
     """
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+    decoder = decoder_for(model, use_cache)
+    vocab_size = _vocab_size(decoder)
+    if tokenizer is not None and vocab_size is not None:
+        tokenizer.check_fits(vocab_size)
     rows, single, text = _prompt_rows(prompt, tokenizer)
     empty = [i for i, r in enumerate(rows) if not len(r)]
     if empty:
         raise ValueError(f"prompt row {empty[0]} is empty; every prompt needs at least one token")
-    decoder = decoder_for(model, use_cache)
     ids, mask = left_pad(rows, tokenizer.pad_id if tokenizer is not None else 0)
     if ids.shape[1] + max_new_tokens - 1 > decoder.max_seq_len:
         raise ValueError(f"prompt of {ids.shape[1]} tokens + {max_new_tokens} new tokens needs "

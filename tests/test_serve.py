@@ -27,7 +27,7 @@ TEXT = ["def add(a, b):\n    return a + b\n", "for i in range(10):\n    print(i)
 def files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("serve")
     tok = llmdual.Tokenizer.train(TEXT, vocab_size=300)
-    model = llmdual.build(llmdual.Config.preset("tiny", vocab_size=300), "torch", seed=0)
+    model = llmdual.build(llmdual.Config.preset("tiny", vocab_size=tok.vocab_size), "torch", seed=0)
     return llmdual.save(model, folder / "m.safetensors"), tok.save(folder / "tokenizer.json"), model, tok
 
 
@@ -82,7 +82,7 @@ async def _stream(client, url, body):
 def test_mixed_concurrent_requests_match_single_requests(server, files):
     _, _, model, tok = files
     rng = np.random.default_rng(1)
-    bodies = [{"prompt": rng.integers(0, 300, int(rng.integers(1, 20))).tolist(),
+    bodies = [{"prompt": rng.integers(0, tok.vocab_size, int(rng.integers(1, 20))).tolist(),
                "max_tokens": int(rng.integers(1, 24)), "temperature": 0} for _ in range(10)]
     bodies += [{"prompt": [5, 6, 7], "max_tokens": 8, "temperature": 0.9, "top_k": 20, "seed": 3},
                {"prompt": "def add", "max_tokens": 6, "temperature": 0}]

@@ -74,6 +74,7 @@ class Tokenizer:
         self._hf = hf
         self._eot = eot
         self._pad = eot if pad is None else pad
+        self._id_end = max(hf.get_vocab(with_added_tokens=True).values(), default=-1) + 1
 
     @classmethod
     def train(
@@ -145,6 +146,15 @@ class Tokenizer:
     def pad_id(self) -> int:
         """Id used to pad batches: ``<|pad|>``, or ``eot_id`` when the tokenizer has none (as with GPT-2)."""
         return self._pad
+
+    def check_fits(self, vocab_size: int, model: str = "the model") -> None:
+        """``ValueError`` naming both sizes unless this tokenizer's ids are exactly ``model``'s ``vocab_size`` ids:
+        a larger tokenizer encodes ids the model has no embedding for, a smaller one cannot decode every id the
+        model may sample."""
+        if self.vocab_size != vocab_size or self._id_end != vocab_size:
+            reach = f" (its ids reach {self._id_end - 1})" if self._id_end != self.vocab_size else ""
+            raise ValueError(f"the tokenizer has {self.vocab_size} ids{reach} but {model} has vocab_size {vocab_size}: "
+                             f"they do not belong together; use the tokenizer the model was trained with")
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text`` (special-token strings in it, such as ``<|endoftext|>``, map to their ids)."""

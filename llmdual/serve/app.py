@@ -13,11 +13,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
+from llmdual.serve.admit import admit
 from llmdual.serve.batcher import Batcher, Job, random_seed
 from llmdual.serve.engine import Engine
+from llmdual.serve.limits import BodyLimit, ErrorResponse
 from llmdual.serve.output import Completion
 from llmdual.serve.schema import ApiError, CompletionRequest, error_body
 
@@ -30,60 +32,13 @@ class ServeOptions:
     max_wait_s: float = 0.01
     max_queue: int = 64
     timeout_s: float = 60.0
+    max_body_bytes: int = 4 * 2**20  # room for a context's worth of text or ids; beyond it, 413 unparsed
 
     def __post_init__(self) -> None:
-        if self.max_batch < 1 or self.max_queue < 1 or self.max_wait_s < 0 or self.timeout_s < 0:
-            raise ValueError(f"invalid serve options {self}: max_batch and max_queue must be >= 1, max_wait_s "
-                             f"and timeout_s >= 0")
-
-
-def prompt_ids(req: CompletionRequest, engine: Engine) -> list[int]:
-    """The request's prompt as ids, checked against the tokenizer, vocabulary and context; else ``ApiError``."""
-    config = engine.config
-    if isinstance(req.prompt, str):
-        if engine.tokenizer is None:
-            raise ApiError(400, "this server has no tokenizer (start it with --tokenizer); send the prompt as "
-                                "a list of token ids", "prompt", "tokenizer_missing")
-        ids = engine.tokenizer.encode(req.prompt)
-    else:
-        ids = list(req.prompt)
-    if not ids:
-        raise ApiError(400, "the prompt is empty; it needs at least one token", "prompt", "empty_prompt")
-    bad = [i for i in ids if not 0 <= i < config.vocab_size]
-    if bad:
-        raise ApiError(400, f"token id {bad[0]} is out of range [0, {config.vocab_size})", "prompt",
-                       "invalid_token_id")
-    if len(ids) > config.max_seq_len:
-        raise ApiError(400, f"the prompt has {len(ids)} tokens, longer than the context of {config.max_seq_len}",
-                       "prompt", "context_length_exceeded")
-    if len(ids) + req.max_tokens - 1 > config.max_seq_len:
-        raise ApiError(400, f"prompt of {len(ids)} tokens + max_tokens {req.max_tokens} needs "
-                            f"{len(ids) + req.max_tokens - 1} positions, more than the context of "
-                            f"{config.max_seq_len}", "max_tokens", "context_length_exceeded")
-    if req.stops() and engine.tokenizer is None:
-        raise ApiError(400, "stop strings need a tokenizer (start the server with --tokenizer)", "stop",
-                       "tokenizer_missing")
-    if any(not s for s in req.stops()) or len(req.stops()) > 4:
-        raise ApiError(400, "stop must be up to 4 non-empty strings", "stop", "invalid_stop")
-    if req.model is not None and req.model != engine.model_id:
-        raise ApiError(404, f"model {req.model!r} does not exist; this server serves {engine.model_id!r}",
-                       "model", "model_not_found")
-    return ids
-
-
-def _validation_error(exc: RequestValidationError) -> JSONResponse:
-    first = exc.errors()[0] if exc.errors() else {"msg": "invalid request", "loc": ()}
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-    kind = first.get("type", "")
-    if kind == "json_invalid":
-        message, param = f"the body is not valid JSON: {first.get('ctx', {}).get('error', first['msg'])}", None
-    elif kind == "extra_forbidden":
-        message, param = f"unknown field {'.'.join(loc)!r}", ".".join(loc)
-    elif not loc:
-        message, param = f"the body must be a JSON object: {first['msg']}", None
-    else:
-        message, param = f"{'.'.join(loc)}: {first['msg']}", ".".join(loc)
-    return JSONResponse(error_body(message, "invalid_request_error", param, kind or None), status_code=400)
+        if (self.max_batch < 1 or self.max_queue < 1 or self.max_wait_s < 0 or self.timeout_s < 0
+                or self.max_body_bytes < 1):
+            raise ValueError(f"invalid serve options {self}: max_batch, max_queue and max_body_bytes must be >= 1, "
+                             f"max_wait_s and timeout_s >= 0")
 
 
 async def _events(job: Job, timeout_s: float) -> AsyncIterator[tuple]:
@@ -118,17 +73,18 @@ def create_app(engine: Engine, options: ServeOptions = ServeOptions()) -> FastAP
     async def lifespan(app: FastAPI):
         nonlocal batcher
         batcher = Batcher(engine, options.max_batch, options.max_wait_s, options.max_queue)
+        await run_in_threadpool(lambda: engine.max_prompt_chars)  # computed once, before the first request
         await batcher.start()
         yield
         await batcher.stop()
 
     app = FastAPI(title="llmdual", lifespan=lifespan)
-    app.add_exception_handler(RequestValidationError, lambda r, e: _validation_error(e))
-    app.add_exception_handler(ApiError, lambda r, e: JSONResponse(e.body(), status_code=e.status))
+    app.add_middleware(BodyLimit, max_bytes=options.max_body_bytes)
+    app.add_exception_handler(ApiError, lambda r, e: ErrorResponse(e.body(), status_code=e.status))
 
     @app.exception_handler(Exception)
-    async def internal(request: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse(error_body(f"internal error: {type(exc).__name__}: {exc}", "server_error"), 500)
+    async def internal(request: Request, exc: Exception) -> ErrorResponse:
+        return ErrorResponse(error_body(f"internal error: {type(exc).__name__}: {exc}", "server_error"), 500)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -142,9 +98,12 @@ def create_app(engine: Engine, options: ServeOptions = ServeOptions()) -> FastAP
             "engine": engine.name, "max_seq_len": engine.config.max_seq_len, "vocab_size": engine.config.vocab_size,
         }]}
 
-    @app.post("/v1/completions")
-    async def completions(req: CompletionRequest):
-        ids = prompt_ids(req, engine)
+    body_schema = {"content": {"application/json": {"schema": CompletionRequest.model_json_schema()}},
+                   "required": True}
+
+    @app.post("/v1/completions", openapi_extra={"requestBody": body_schema})
+    async def completions(request: Request):
+        req, ids = await run_in_threadpool(admit, await request.body(), engine)
         seed = random_seed() if req.seed is None else req.seed
         job = Job(ids, Completion(req.max_tokens, engine.eot_id, engine.tokenizer, req.stops()),
                   req.temperature, req.top_k, req.top_p, seed)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,16 @@ class Engine:
     def eot_id(self) -> int | None:
         """End-of-text id (the tokenizer's), or None: then generation runs to ``max_tokens``."""
         return None if self.tokenizer is None else self.tokenizer.eot_id
+
+    @cached_property
+    def max_prompt_chars(self) -> int | None:
+        """The longest text prompt that could still fit the context, or None without a tokenizer: no token spans
+        more bytes than the longest one's decoding, and every character is at least one byte, so longer text
+        is refused before it is tokenised."""
+        if self.tokenizer is None:
+            return None
+        longest = max(len(self.tokenizer.decode([i]).encode("utf-8")) for i in range(self.tokenizer.vocab_size))
+        return self.config.max_seq_len * longest
 
 
 def _onnx_target(checkpoint: Path) -> tuple[Config, Any]:
@@ -69,7 +80,8 @@ def load_engine(checkpoint: str | Path, engine: str = "torch", tokenizer: str | 
     tok = None
     if tokenizer is not None:
         tok = Tokenizer.load(tokenizer)
-        if tok.vocab_size > config.vocab_size:
-            raise ValueError(f"tokenizer {tokenizer} has {tok.vocab_size} ids but the model only "
-                             f"{config.vocab_size}: they do not belong together")
+        try:
+            tok.check_fits(config.vocab_size, f"model {path}")
+        except ValueError as err:
+            raise ValueError(f"tokenizer {tokenizer}: {err}") from None
     return Engine(engine, model_id or path.stem, config, target, tok)

@@ -1,5 +1,6 @@
 """A bounded load test: start ``llmdual serve`` in a subprocess on a free 127.0.0.1 port, drive it with
-N concurrent streaming clients x M requests under a time limit, and summarise throughput and latency."""
+N concurrent streaming clients x M requests under a time limit, and summarise throughput and latency. ``/health``
+is probed throughout, and one huge text prompt can be sent among the clients to show it stalls nobody."""
 
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ class LoadOptions:
     time_limit_s: float = 60.0
     startup_timeout_s: float = 120.0
     seed: int = 0
+    huge_prompt_mb: float = 0.0  # > 0: one more request with a text prompt of this size, sent as the clients start
+    health_every_s: float = 0.05
 
 
 @dataclass
@@ -44,15 +47,22 @@ class LoadResult:
     latencies_s: list[float] = field(default_factory=list)
     ttft_s: list[float] = field(default_factory=list)
     error_messages: list[str] = field(default_factory=list)
+    health_s: list[float] = field(default_factory=list)
+    health_failures: int = 0
+    huge: str = ""
 
     def summary(self) -> dict[str, float | int | str]:
-        """Requests/s, tokens/s, latency p50/p90/p99 and mean time to first token (milliseconds)."""
+        """Requests/s, tokens/s, latency p50/p90/p99, median time to first token and /health latency p99 and
+        max (milliseconds), with the huge prompt's answer when one was sent."""
         pct = (lambda xs, q: float(np.percentile(xs, q)) * 1e3 if xs else float("nan"))
         wall = max(self.wall_s, 1e-9)
         return {"engine": self.engine, "requests": self.requests, "errors": self.errors,
                 "req/s": self.requests / wall, "tok/s": self.tokens / wall,
                 "p50 ms": pct(self.latencies_s, 50), "p90 ms": pct(self.latencies_s, 90),
-                "p99 ms": pct(self.latencies_s, 99), "ttft p50 ms": pct(self.ttft_s, 50)}
+                "p99 ms": pct(self.latencies_s, 99), "ttft p50 ms": pct(self.ttft_s, 50),
+                "health n": len(self.health_s), "health fails": self.health_failures,
+                "health p99 ms": pct(self.health_s, 99), "health max ms": pct(self.health_s, 100),
+                **({"huge prompt": self.huge} if self.huge else {})}
 
 
 def free_port() -> int:
@@ -149,19 +159,47 @@ async def drive(url: str, engine: str, vocab_size: int, options: LoadOptions) ->
                 result.errors += 1
                 result.error_messages.append(f"{type(exc).__name__}: {exc}"[:200])
 
+    async def health(c: httpx.AsyncClient, clients_done: asyncio.Event) -> None:
+        while not clients_done.is_set():
+            start = time.perf_counter()
+            try:
+                ok = (await c.get(f"{url}/health", timeout=options.time_limit_s)).status_code == 200
+            except httpx.HTTPError:
+                ok = False
+            result.health_s.append(time.perf_counter() - start)
+            result.health_failures += not ok
+            await asyncio.sleep(options.health_every_s)
+
+    async def huge(c: httpx.AsyncClient) -> None:
+        text = "def f(x):\n    return x\n" * int(options.huge_prompt_mb * 2**20 / 24)
+        start = time.perf_counter()
+        try:
+            r = await c.post(f"{url}/v1/completions", json={"prompt": text, "max_tokens": 2},
+                             timeout=options.time_limit_s)
+            answer = f"HTTP {r.status_code} {r.json().get('error', {}).get('code', '')}".strip()
+        except (httpx.HTTPError, ValueError) as exc:
+            answer = type(exc).__name__
+        result.huge = f"{options.huge_prompt_mb:g} MB: {answer} in {time.perf_counter() - start:.2f} s"
+
     low, high = options.prompt_len
     work = [[rng.integers(0, vocab_size, rng.integers(low, high + 1)).tolist() for _ in range(options.requests)]
             for _ in range(options.clients)]
     start = time.perf_counter()
-    async with httpx.AsyncClient(timeout=options.time_limit_s) as c:
-        await asyncio.gather(*(client(c, prompts) for prompts in work))
-    result.wall_s = time.perf_counter() - start
+    async with httpx.AsyncClient(timeout=options.time_limit_s) as c, httpx.AsyncClient() as probe:
+        clients_done = asyncio.Event()
+        prober = asyncio.create_task(health(probe, clients_done))
+        extra = [huge(c)] if options.huge_prompt_mb > 0 else []
+        await asyncio.gather(*(client(c, prompts) for prompts in work), *extra)
+        result.wall_s = time.perf_counter() - start
+        clients_done.set()
+        await prober
     return result
 
 
-def run_load(checkpoint: str | Path, engine: str, options: LoadOptions = LoadOptions()) -> LoadResult:
-    """Start a server for ``engine`` on ``checkpoint``, load it, stop it; the result."""
-    with ServerProcess(checkpoint, engine, startup_timeout_s=options.startup_timeout_s) as server:
+def run_load(checkpoint: str | Path, engine: str, options: LoadOptions = LoadOptions(),
+             tokenizer: str | Path | None = None) -> LoadResult:
+    """Start a server for ``engine`` on ``checkpoint`` (and ``tokenizer``), load it, stop it; the result."""
+    with ServerProcess(checkpoint, engine, tokenizer, startup_timeout_s=options.startup_timeout_s) as server:
         vocab = httpx.get(f"{server.url}/v1/models").json()["data"][0]["vocab_size"]
         return asyncio.run(drive(server.url, engine, vocab, options))
 

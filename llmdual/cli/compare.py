@@ -5,12 +5,19 @@ from __future__ import annotations
 
 import argparse
 
+from llmdual.cli.common import usage_error
+
+PROG = "llmdual compare"
+
 
 def run(argv: list[str]) -> int:
     """Run the benchmark with ``argv``; its exit status (the bench is imported only when it runs)."""
-    from llmdual.bench.command import main
+    from llmdual.bench.command import main, parser
 
-    return main(argv, prog="llmdual compare")
+    check = parser(PROG)
+    check.error = lambda message: usage_error(PROG, message)  # one line, as every llmdual subcommand's
+    check.parse_args(argv)  # refuses bad options (and answers --help) before the benchmark starts
+    return main(argv, prog=PROG)
 
 
 def add(sub: argparse._SubParsersAction) -> None:

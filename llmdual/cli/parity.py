@@ -7,7 +7,7 @@ import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from llmdual.cli.common import existing_file
+from llmdual.cli.common import Help, existing_file, output_file
 
 
 def junit(reports: list) -> str:
@@ -76,13 +76,13 @@ def add(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("parity", help=f"check that the backends ({names}) compute the same numbers",
                        description=f"Parity checks between every pair of backends ({names}), and of each against "
                        "the float64 reference; exit 1 if any fails.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=Help)
     p.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="model size to check")
-    p.add_argument("--task", choices=["lm", "classifier", "both"], default="both")
+    p.add_argument("--task", choices=["lm", "classifier", "both"], default="both", help="the model heads to check")
     p.add_argument("--checkpoint", type=existing_file, metavar="PATH",
                    help="check this model file's config, task and weights instead of a preset")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="weights and inputs")
     p.add_argument("--checks", default="all", help=f"comma-separated check groups: {', '.join(GROUPS)}, or all")
-    p.add_argument("--json", type=Path, metavar="PATH", help="also write the reports as JSON")
-    p.add_argument("--junit", type=Path, metavar="PATH", help="also write JUnit XML (one test case per check)")
+    p.add_argument("--json", type=output_file, metavar="PATH", help="also write the reports as JSON")
+    p.add_argument("--junit", type=output_file, metavar="PATH", help="also write JUnit XML (one test case per check)")
     p.set_defaults(func=run)

@@ -7,10 +7,26 @@ import argparse
 import dataclasses
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
-from llmdual.cli.common import CliError, existing_file, key_value, sibling
+from llmdual.cli.common import CliError, Help, existing_file, key_value, output_file, sibling
+
+
+def preset_model(name: str, set_here: bool) -> tuple[dict[str, Any], str | None]:
+    """The preset's Config dict, its ``vocab_size`` raised to the byte-level tokenizer's minimum if below and not set
+    on the command line, and a note saying so (else None): the presets size models for random-id benchmarks (tiny
+    has 256), the trainer's tokenizer needs every byte plus its special tokens."""
+    from llmdual.core.config import Config
+    from llmdual.core.tokenizer import MIN_VOCAB
+
+    model = Config.preset(name).to_dict()
+    if set_here or model["vocab_size"] >= MIN_VOCAB:
+        return model, None
+    note = (f"preset {name!r} has vocab_size {model['vocab_size']}, below the byte-level tokenizer's {MIN_VOCAB}; "
+            f"training with vocab_size={MIN_VOCAB} (--set vocab_size=N to choose)")
+    return {**model, "vocab_size": MIN_VOCAB}, note
 
 
 def resolve(args: argparse.Namespace) -> dict[str, Any]:
@@ -19,6 +35,7 @@ def resolve(args: argparse.Namespace) -> dict[str, Any]:
     from llmdual.core.recipe import TrainConfig
 
     model: dict[str, Any] = {}
+    note = None
     train: dict[str, Any] = {"steps": 100, "batch_size": 8, "lr": 1e-3}
     data: dict[str, Any] = {"files": 20, "block_size": None, "seed": 0}
     if args.config is not None:
@@ -33,7 +50,8 @@ def resolve(args: argparse.Namespace) -> dict[str, Any]:
         else:
             model = loaded
     else:
-        model = Config.preset(args.preset).to_dict()
+        vocab_set = any(key.rpartition(".")[2] == "vocab_size" for key, _ in args.set or [])
+        model, note = preset_model(args.preset, set_here=vocab_set)
     fields = {"model": {f.name for f in dataclasses.fields(Config)},
               "train": {f.name for f in dataclasses.fields(TrainConfig)} - {"checkpoint_dir"},
               "data": set(data)}
@@ -49,6 +67,8 @@ def resolve(args: argparse.Namespace) -> dict[str, Any]:
     if data["block_size"] is None:
         data["block_size"] = min(config.max_seq_len, 64)
     train_config = TrainConfig(**train)
+    if note is not None:  # once the settings are known to be good, so that an error stays the only line
+        print(f"llmdual train: note: {note}", file=sys.stderr)
     return {"backend": args.backend, "model": config.to_dict(), "train": train_config.to_dict(), "data": data}
 
 
@@ -87,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     config = llmdual.Config.from_dict(resolved["model"])
     if config.vocab_size < MIN_VOCAB:
         raise CliError(f"vocab_size {config.vocab_size} is too small for the byte-level tokenizer (>= {MIN_VOCAB}); "
-                       f"pass --set vocab_size=512")
+                       f"pass --set vocab_size={MIN_VOCAB} or more")
     data = resolved["data"]
     if data["block_size"] > config.max_seq_len:
         raise CliError(f"block_size {data['block_size']} exceeds max_seq_len {config.max_seq_len}")
@@ -114,11 +134,13 @@ def add(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train an LM on the built-in corpus into a model file",
                        description="Train an LM on the Python standard library's source. Writes the model file, "
                        "<stem>.tokenizer.json and <stem>.config.json (the resolved settings, reusable with "
-                       "--config).", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--out", type=Path, required=True, help="model file to write (.safetensors)")
-    p.add_argument("--backend", choices=backends("training"), default="torch")
+                       "--config).", formatter_class=Help)
+    p.add_argument("--out", type=output_file, required=True,
+                   help="model file to write (.safetensors); its folder must exist")
+    p.add_argument("--backend", choices=backends("training"), default="torch", help="the backend that trains")
     source = p.add_mutually_exclusive_group()
-    source.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="model size")
+    source.add_argument("--preset", default="tiny", choices=sorted(PRESETS),
+                        help="model size (its vocab_size raised to the byte-level tokenizer's minimum if below)")
     source.add_argument("--config", type=existing_file, metavar="JSON",
                         help="a Config JSON, or a <stem>.config.json written by an earlier run")
     p.add_argument("--set", type=key_value, action="append", metavar="KEY=VALUE",

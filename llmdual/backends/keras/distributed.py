@@ -31,12 +31,19 @@ def _how(data_parallel: int) -> str:
             f"this)")
 
 
+def _check_degree(data_parallel: int) -> None:
+    """``ValueError`` in one line unless ``data_parallel`` is an integer >= 1."""
+    if isinstance(data_parallel, bool) or not isinstance(data_parallel, int) or data_parallel < 1:
+        raise ValueError(f"data_parallel must be an integer >= 1 (replicas), got {data_parallel!r}")
+
+
 @contextlib.contextmanager
 def scope(data_parallel: int) -> Iterator[None]:
     """Build and train a ``data_parallel``-replica run inside this: JAX sets a ``DataParallel`` distribution over
     that many devices (first joining the other processes, if ``KERAS_DISTRIBUTION_*`` names several), TensorFlow
     enters a ``MirroredStrategy`` over that many GPUs, or logical CPU devices (split here, so before TensorFlow
     initialises), or ``MultiWorkerMirroredStrategy`` over the workers ``TF_CONFIG`` names."""
+    _check_degree(data_parallel)
     if data_parallel == 1:
         yield
         return

@@ -68,7 +68,8 @@ def forward(model: Any, input_ids: np.ndarray, attention_mask: np.ndarray | None
 def save(model: Any, path: str | Path) -> Path:
     """Write the model's config, task and canonical fp32 weights to ``path`` as a model file (atomic); a quantized
     model is refused (quantize after loading instead), and so is one with LoRA adapters (``llmdual.merge_lora``
-    folds them in, ``llmdual.save_lora`` saves them)."""
+    folds them in, ``llmdual.save_lora`` saves them). A symlink at ``path`` stays a link and its target gets the
+    file; an existing file keeps its mode, and a read-only one is refused (``PermissionError``), as ``cp`` does."""
     backend_of(model)  # fail early on a foreign object
     refuse_quantized(model, "save it", "save the float32 model (llmdual.save before llmdual.quantize) and "
                      "quantize it again after llmdual.load")

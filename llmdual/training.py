@@ -121,10 +121,14 @@ def find_run_state(resume: str | Path) -> Path:
     return prefix
 
 
-def restore_run_state(model: Any, resume: str | Path) -> tuple[int, dict[str, np.ndarray], History]:
-    """Load a run state's weights into ``model``; return its step, checked optimizer moments and history."""
+def restore_run_state(model: Any, resume: str | Path, steps: int) -> tuple[int, dict[str, np.ndarray], History]:
+    """Load a run state's weights into ``model`` for a run of ``steps`` steps in all; return its step, checked
+    optimizer moments and history. ``ValueError`` before anything is loaded if the run state is past ``steps``."""
     prefix = find_run_state(resume)
     state = json.loads(prefix.with_suffix(".json").read_text())
+    if int(state["step"]) > steps:
+        raise ValueError(f"run state {prefix} is at step {state['step']}; TrainConfig.steps={steps} must be at least "
+                         f"{state['step']}: it counts every step of the run, those already done included")
     config, task, weights = read_model(prefix.with_suffix(".safetensors"))
     if config != model.config or task != model.task:
         raise ValueError(f"run state {prefix} holds a {task} model of {config}, not this {model.task} model "

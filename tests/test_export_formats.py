@@ -159,12 +159,54 @@ def test_failed_verification_raises_and_leaves_nothing(models, tmp_path, monkeyp
     real_run = package.run_signature
     monkeypatch.setattr(package, "run_signature", lambda *a: [x + 0.5 for x in real_run(*a)])
     path = target(tmp_path, format, task)
-    if format == "saved-model":  # a folder already there stays as it was
+    if format == "saved-model":  # a folder already there stays as it was, even with overwrite
         path.mkdir()
         (path / "kept").write_text("x")
     with pytest.raises(VerificationError, match=rf"does not match the native {NATIVE[format][0]} model .*"
                                                 r"max abs diff 5\.000e-01"):
-        llmdual.export(models[NATIVE[format][0], task], path, format=format)
+        llmdual.export(models[NATIVE[format][0], task], path, format=format, overwrite=True)
     assert [p.name for p in tmp_path.iterdir()] == ([path.name] if format == "saved-model" else [])
     if format == "saved-model":
         assert [p.name for p in path.iterdir()] == ["kept"]
+
+
+def damaged(exported, tmp_path, format: str) -> dict[str, object]:
+    """What ``load(path, format)`` is given by mistake: a plain file or folder of the wrong kind, a truncated or
+    emptied copy of a real export, and another format's export of the same kind."""
+    kind, suffix = NATIVE[format][1].kind, NATIVE[format][1].suffix
+    real = next(exported[case].path for case in CASES if case[0] == format)
+    plain = tmp_path / f"plain{suffix}"
+    plain.write_text("not an export")
+    cases: dict[str, object] = {"plain": plain}
+    if kind == "folder":
+        cases["a folder of other files"] = tmp_path
+    if kind == "file":
+        (tmp_path / f"truncated{suffix}").write_bytes(real.read_bytes()[: real.stat().st_size // 2])
+        cases["truncated"] = tmp_path / f"truncated{suffix}"
+    other = next((f for f, (_, spec) in NATIVE.items() if f != format and spec.kind == kind), None)
+    if other:
+        cases[other] = next(exported[case].path for case in CASES if case[0] == other)
+    return cases
+
+
+@pytest.mark.parametrize("format", NATIVE)
+def test_loading_what_is_not_an_export_of_the_format_is_one_clear_error(exported, tmp_path, format):
+    for what, path in damaged(exported, tmp_path, format).items():
+        with pytest.raises(ValueError) as raised:
+            load(path, format)
+        message = str(raised.value)
+        assert message.startswith(f"{path} is ") and format in message and "\n" not in message, (what, message)
+        assert "\x1b" not in message, (what, message)
+
+
+def test_onnx_export_of_a_quantized_torch_model_is_one_clear_error(tiny, tmp_path):
+    """PyTorch's exporter cannot convert torchao's int8 layers: the error says so in one line and points to the
+    int8 of ONNX files instead (Keras' int8 layers export, and are verified like any other)."""
+    model = llmdual.build(tiny, "torch")
+    llmdual.quantize(model)
+    with pytest.raises(ValueError, match=r"^cannot export this quantized torch model \(.*\) to ONNX: the torch "
+                                         r"exporter does not convert its int8 layers \(.*\); export the float32 "
+                                         r"model and quantize the ONNX file with llmdual.onnx.quantize") as raised:
+        llmdual.export(model, tmp_path / "int8.onnx")
+    assert "\x1b" not in str(raised.value) and "\n" not in str(raised.value)
+    assert list(tmp_path.iterdir()) == []

@@ -104,9 +104,34 @@ def test_a_file_written_before_checksums_loads_with_a_warning(tiny, backend, tmp
     weights = llmdual.init_weights(tiny, seed=2)
     metadata = {"format": "llmdual/1", "task": "lm", "config": tiny.to_json()}
     save_file(weights, tmp_path / "old.safetensors", metadata=metadata)
-    with pytest.warns(UserWarning, match="old.safetensors has no checksum .* cannot be verified"):
+    with pytest.warns(UserWarning, match=r"old.safetensors has no checksum \(a llmdual/1 model file, from before "
+                                         r"checksums were required\): its tensors and metadata are not verified"):
         model = llmdual.load(tmp_path / "old.safetensors", backend)
     assert all(np.array_equal(weights[n], w) for n, w in llmdual.get_weights(model).items())
+
+
+def strip_checksum(path) -> None:
+    edit_header(path, lambda header: header["__metadata__"].pop("sha256"))
+
+
+def test_a_model_file_without_its_checksum_is_refused(tiny, tmp_path):
+    """Files are written as llmdual/2, which always carries its checksum: deleting it does not switch it off."""
+    path = llmdual.save(llmdual.build(tiny, "numpy", seed=1), tmp_path / "m.safetensors")
+    assert json.loads(path.read_bytes()[8:8 + struct.unpack("<Q", path.read_bytes()[:8])[0]])[
+        "__metadata__"]["format"] == "llmdual/2"
+    strip_checksum(path)
+    with pytest.raises(ValueError, match=f"^{path} has no checksum: a llmdual/2 model file must carry one"):
+        llmdual.load(path, "numpy")
+
+
+@pytest.mark.parametrize("backend", backends("lora"))
+def test_a_lora_file_without_its_checksum_is_refused(tiny, backend, tmp_path):
+    model = llmdual.build(tiny, backend)
+    llmdual.add_lora(model, rank=2)
+    path = llmdual.save_lora(model, tmp_path / "adapters.safetensors")
+    strip_checksum(path)
+    with pytest.raises(ValueError, match=f"^{path} has no checksum: a llmdual-lora/1 LoRA adapter file must carry"):
+        llmdual.load_lora(llmdual.build(tiny, backend), path)
 
 
 # 2. Optimizer state: checksummed, and checked by name, shape and dtype before it reaches the optimizer.
@@ -167,13 +192,30 @@ def test_a_modified_optimizer_state_is_refused(backend, tmp_path):
 
 
 @TRAINING_BACKENDS
-def test_optimizer_state_written_before_checksums_resumes_with_a_warning(backend, tmp_path):
+@pytest.mark.parametrize("written", ["without its checksum", "without any metadata"])
+def test_optimizer_state_without_its_checksum_is_refused(backend, tmp_path, written):
+    """A run resumed from unverified moments once went from loss 4.15 to 35,283: the checksum is required."""
     optim = run_state(backend, tmp_path).with_suffix(".optim.safetensors")
-    save_file(read_optimizer_state(optim), optim)  # no metadata: as run states were written before
+    if written == "without its checksum":
+        strip_checksum(optim)
+    else:
+        save_file(read_optimizer_state(optim), optim)
     model = llmdual.build(llmdual.Config.preset("tiny"), backend)
-    with pytest.warns(UserWarning, match="optim.safetensors has no checksum .* optimizer state cannot be verified"):
-        history = llmdual.train(model, get_batch, train_config(steps=3), resume=tmp_path)
-    assert len(history.loss) == 3
+    message = "has no checksum: a llmdual-optimizer/1 optimizer state must carry one" if written == \
+        "without its checksum" else "is not an llmdual optimizer state: format None"
+    with pytest.raises(ValueError, match=f"^{optim} {message}"):
+        llmdual.train(model, get_batch, train_config(steps=3), resume=tmp_path)
+
+
+@TRAINING_BACKENDS
+def test_resuming_with_fewer_steps_than_the_run_state_is_refused(backend, tmp_path):
+    prefix = run_state(backend, tmp_path)
+    model = llmdual.build(llmdual.Config.preset("tiny"), backend)
+    before = llmdual.get_weights(model)
+    with pytest.raises(ValueError, match=f"^run state {prefix} is at step 2; TrainConfig.steps=1 must be at least 2"):
+        llmdual.train(model, get_batch, train_config(steps=1), resume=tmp_path)
+    assert all(np.array_equal(before[n], w) for n, w in llmdual.get_weights(model).items())  # nothing loaded
+    assert len(llmdual.train(model, get_batch, train_config(steps=2), resume=tmp_path).loss) == 2  # done: a no-op
 
 
 # 3. get_weights returns copies.

@@ -95,8 +95,7 @@ def export(args: argparse.Namespace) -> int:
     from llmdual.export import export as export_model
 
     model = llmdual.load(args.checkpoint, args.backend)
-    options = {"kv_cache": True} if args.kv_cache else {}
-    result = export_model(model, args.out, format=args.format, **options)
+    result = export_model(model, args.out, format=args.format, kv_cache=args.kv_cache, overwrite=args.overwrite)
     print(f"wrote {result.path} ({args.format}, {result.file_bytes / 1e6:.2f} MB), verified against the "
           f"native {args.backend} model")
     return 0
@@ -144,4 +143,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     x.add_argument("--format", default="onnx", choices=export_formats(),
                    help="; ".join(f"{b}: {', '.join(export_formats(b))}" for b in backends() if export_formats(b)))
     x.add_argument("--kv-cache", action="store_true", help="export the KV-cache decoder step (for serving)")
+    x.add_argument("--overwrite", action="store_true",
+                   help="write over what is at OUT even if it is not a previous export of this format (a folder "
+                   "export still replaces only its own files)")
     x.set_defaults(func=export)

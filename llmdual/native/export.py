@@ -8,11 +8,13 @@ with the native model at shapes the export was not traced with.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from llmdual.contract import backend, backend_name, backend_of, export_formats, native_formats
-from llmdual.core.io import atomic_write, atomic_write_dir
+from llmdual.core.io import atomic_write, atomic_write_dir, check_export_folder, read_manifest, replaced_file
 from llmdual.core.report import table
 from llmdual.core.signature import Shape, VerificationError, check_outputs, default_shapes, make_feeds, signature
 
@@ -44,8 +46,10 @@ def check_format(model: Any, format: str, kv_cache: bool) -> str:
     return format
 
 
-def check_path(path: str | os.PathLike, format: str) -> Path:
-    """``path`` as a Path if ``format`` can be written there, else the error naming why, before any work is done."""
+def check_path(path: str | os.PathLike, format: str, overwrite: bool = False) -> Path:
+    """``path`` as a Path if ``format`` can be written there, else the error naming why, before any work is done.
+    What is there already is replaced only if it is a previous ``format`` export, or ``overwrite`` is True (a
+    folder export then replaces only its own files: ``llmdual.core.io.atomic_write_dir``)."""
     path, spec = Path(path), FORMATS[format][1]
     kind, suffix = spec.kind, spec.suffix
     if kind == "file" and path.is_dir():
@@ -58,7 +62,29 @@ def check_path(path: str | os.PathLike, format: str) -> Path:
         raise FileNotFoundError(f"cannot write {path}: folder {path.parent} does not exist")
     if not os.access(path.parent, os.W_OK):
         raise PermissionError(f"cannot write {path}: folder {path.parent} is not writable")
+    if kind == "folder":
+        check_export_folder(path, format, overwrite)
+    elif path.exists():
+        replaced_file(path)  # refuses a read-only file
+        if not overwrite and not is_archive_export(path, format):
+            raise FileExistsError(f"cannot write the {format} export to {path}: a file that is not a {format} "
+                                  "export is there; pass overwrite=True to replace it")
     return path
+
+
+def is_archive_export(path: str | os.PathLike, format: str) -> bool:
+    """Whether the file at ``path`` is a ``format`` export: an archive holding llmdual's metadata as JSON (the
+    program's extra file, or AOTInductor's metadata)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for name in archive.namelist():
+                if name.endswith(("llmdual.json", "metadata.json")):
+                    meta = json.loads(archive.read(name))
+                    if isinstance(meta, dict) and meta.get("llmdual.format") == format:
+                        return True
+    except (OSError, ValueError, zipfile.BadZipFile):
+        return False
+    return False
 
 
 def verify_native(
@@ -128,13 +154,16 @@ def export_native(
     shape: tuple[int, int] | None = None,
     atol: float = 1e-4,
     rtol: float = 1e-5,
+    overwrite: bool = False,
 ) -> NativeResult:
     """Export an llmdual model to its backend's ``format`` at ``path`` with dynamic batch and sequence axes, and
     verify it before keeping it. Inputs and outputs are ONNX's (``llmdual.core.signature``); ``kv_cache=True`` exports
     the LM decoder step with its cache. ``shape`` is the (batch, sequence) traced at. The export appears only once
-    it reloads in a fresh process and matches the native model at other shapes; on any failure nothing is left."""
+    it reloads in a fresh process and matches the native model at other shapes; on any failure nothing is left.
+    A previous export of the same format at ``path`` is replaced; anything else there only with ``overwrite=True``,
+    and a folder export replaces only its own files even then. A symlink at ``path`` stays a link to the export."""
     format = check_format(model, format, kv_cache)
-    path = check_path(path, format)
+    path = check_path(path, format, overwrite)
     config, name = model.config, backend_name(model)
     sig = signature(config, model.task, kv_cache)
     B, T = shape or (2, min(8, config.max_seq_len))
@@ -154,7 +183,10 @@ def export_native(
         diffs.update(verify_native(tmp, format, model, kv_cache, None, atol, rtol))
         seconds["verify"] = time.perf_counter() - start - seconds["export"]
 
-    (atomic_write_dir if FORMATS[format][1].kind == "folder" else atomic_write)(path, write)
+    if FORMATS[format][1].kind == "folder":
+        atomic_write_dir(path, write, format, overwrite)
+    else:
+        atomic_write(path, write)
     return NativeResult(
         path=path, format=format, backend=name, task=model.task, kv_cache=kv_cache, file_bytes=size_of(path),
         export_seconds=seconds["export"], verify_seconds=seconds["verify"], max_abs_diff=diffs, atol=atol, rtol=rtol,
@@ -162,11 +194,13 @@ def export_native(
 
 
 def size_of(path: str | os.PathLike) -> int:
-    """Bytes of a file, or of every file under a folder."""
+    """Bytes of a file, or of the files a folder export wrote (per its manifest; else every file under it)."""
     path = Path(path)
     if path.is_file():
         return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    manifest = read_manifest(path)
+    files = [path / name for name in manifest["files"]] if manifest else path.rglob("*")
+    return sum(p.stat().st_size for p in files if p.is_file())
 
 
 def native_table(results: Sequence[NativeResult], markdown: bool = True) -> str:

@@ -12,6 +12,7 @@ import numpy as np
 from llmdual.contract import backend
 from llmdual.core.config import Config
 from llmdual.core.decoding import StepDecoder, padded_positions
+from llmdual.core.io import one_line, read_manifest
 from llmdual.core.signature import step_feeds
 from llmdual.core.validate import check_inputs
 from llmdual.native.export import FORMATS
@@ -49,16 +50,35 @@ class Artefact:
 
 
 def load(path: str | os.PathLike, format: str) -> Artefact:
-    """Load the native export at ``path`` written as ``format`` (see ``llmdual.native.FORMATS``)."""
+    """Load the native export at ``path`` written as ``format`` (see ``llmdual.native.FORMATS``); one-line
+    ``ValueError`` naming the path and the format if it is not such an export (another format, a plain file,
+    truncated or corrupt)."""
     if format not in FORMATS:
         raise ValueError(f"unknown native format {format!r}; choose one of {', '.join(FORMATS)}")
+    path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no {format} export at {path}")
-    run, meta = backend(FORMATS[format][0]).load_native(os.fspath(path), format)
-    if meta.get("llmdual.format") != format:
-        raise ValueError(f"{path} is not an llmdual {format} export (it says {meta.get('llmdual.format')!r})")
-    return Artefact(os.fspath(path), format, Config.from_json(meta["llmdual.config"]), meta["llmdual.task"],
-                    meta["llmdual.backend"], meta["llmdual.kv_cache"] == "1", run)
+    name, spec = FORMATS[format]
+    if (spec.kind == "folder") != os.path.isdir(path):
+        raise ValueError(f"{path} is not a {format} export: it is a {'folder' if os.path.isdir(path) else 'file'} "
+                         f"and a {format} export is a {spec.suffix + ' ' if spec.suffix else ''}{spec.kind}")
+    manifest = read_manifest(path) if spec.kind == "folder" else None
+    if manifest is not None and manifest["format"] != format:
+        raise ValueError(f"{path} is a {manifest['format']} export, not {format}: load it with "
+                         f"format={manifest['format']!r}")
+    try:
+        run, meta = backend(name).load_native(path, format)
+        said = meta.get("llmdual.format")
+        if said == format:
+            return Artefact(path, format, Config.from_json(meta["llmdual.config"]), meta["llmdual.task"],
+                            meta["llmdual.backend"], meta["llmdual.kv_cache"] == "1", run)
+    except (ImportError, MemoryError):  # a missing framework or memory is not the file's fault
+        raise
+    # The loaders raise whatever their parser met (RuntimeError, BadZipFile, OSError, TensorFlow's errors...).
+    except Exception as err:  # noqa: BLE001
+        raise ValueError(f"{path} is not a readable {format} export (another format, truncated or corrupt?): "
+                         f"{one_line(err)}") from None
+    raise ValueError(f"{path} is not an llmdual {format} export (it says {said!r})")
 
 
 def _positions(input_ids: np.ndarray, attention_mask: np.ndarray | None) -> np.ndarray | None:

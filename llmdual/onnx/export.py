@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 
 from llmdual.contract import backend_name, backend_of
-from llmdual.core.io import atomic_write
+from llmdual.core.io import atomic_write, one_line, replaced_file
 from llmdual.core.signature import (
     Axes,
     Shape,
@@ -66,6 +66,27 @@ def check_target(path: str | os.PathLike) -> Path:
     except OSError as err:
         raise PermissionError(f"cannot write {path}: folder {path.parent} is not writable ({err.strerror})") from err
     return path
+
+
+def check_replaceable(path: Path, overwrite: bool) -> Path:
+    """``path`` if nothing is there, it holds a previous llmdual ONNX export, or ``overwrite``; else
+    ``FileExistsError`` (and ``PermissionError`` for a read-only file) before any work is done."""
+    if not path.exists():
+        return path
+    replaced_file(path)
+    if not overwrite and not _is_export(path):
+        raise FileExistsError(f"cannot write the ONNX export to {path}: a file that is not an llmdual ONNX export "
+                              "is there; pass overwrite=True to replace it")
+    return path
+
+
+def _is_export(path: Path) -> bool:
+    """Whether ``path`` is an ONNX file written by ``export_onnx`` (its metadata names the backend)."""
+    try:
+        proto = onnx.load(path, load_external_data=False)
+    except Exception:  # noqa: BLE001 - protobuf's DecodeError and the like: not an ONNX file
+        return False
+    return any(prop.key == "llmdual.backend" for prop in proto.metadata_props)
 
 
 def _finalize(proto: onnx.ModelProto, sig: Signature, dynamic: bool, metadata: dict[str, str]) -> None:
@@ -158,6 +179,7 @@ def export_onnx(
     shape: tuple[int, int] | None = None,
     atol: float = 1e-4,
     rtol: float = 1e-5,
+    overwrite: bool = False,
 ) -> ExportResult:
     """Export an llmdual model (either backend, LM or classifier) to ``path`` and verify it before keeping it.
 
@@ -167,18 +189,29 @@ def export_onnx(
     ``attention_mask`` (past + new), ``position_ids``, ``past.{i}.key/value``; outputs ``logits``,
     ``present.{i}.key/value``; an empty past (length 0) is a prefill. The file appears only once
     ``onnx.checker`` and onnxruntime-vs-native (``verify``, at other shapes) pass; on any failure nothing is left.
+    A previous llmdual ONNX export at ``path`` is replaced, any other file only with ``overwrite=True``; a symlink
+    at ``path`` stays a link to the new file. A quantized model whose exporter cannot convert its int8 layers is
+    refused with a ``ValueError`` pointing to ``llmdual.onnx.quantize`` (int8 of the float32 model's export).
     """
     backend, name = backend_of(model, "onnx"), backend_name(model)
     opset = _check_opset(DEFAULT_OPSET if opset is None else opset, backend.onnx_opsets(), name)
     if kv_cache and not dynamic:
         raise ValueError("kv_cache=True needs dynamic=True: the cache grows by one position every step")
-    path = check_target(path)
+    path = check_replaceable(check_target(path), overwrite)
     config = model.config
     sig = signature(config, model.task, kv_cache)
     B, T = shape or (2, min(8, config.max_seq_len))
     traced = (B, T, min(3, config.max_seq_len - T) if kv_cache else 0)  # past > 1 keeps its axis dynamic
     start = time.perf_counter()
-    proto = backend.onnx_graph(model, sig, make_feeds(config, sig, traced, seed=1), opset, dynamic)
+    try:
+        proto = backend.onnx_graph(model, sig, make_feeds(config, sig, traced, seed=1), opset, dynamic)
+    except Exception as err:
+        scheme = getattr(model, "quantized", None)
+        if scheme is None:
+            raise
+        raise ValueError(f"cannot export this quantized {name} model ({scheme}) to ONNX: the {name} exporter does "
+                         f"not convert its int8 layers ({one_line(err)}); export the float32 model and quantize "
+                         "the ONNX file with llmdual.onnx.quantize (onnxruntime's int8)") from None
     _finalize(proto, sig, dynamic, {
         "llmdual.backend": name,
         "llmdual.task": model.task,

@@ -301,7 +301,7 @@ def train(model: keras.Model, get_batch: BatchFn, cfg: TrainConfig, val: Sequenc
     optimizer = make_optimizer(model, cfg)
     start, history = 0, History("keras")
     if resume is not None:
-        start, state, history = restore_run_state(model, resume)
+        start, state, history = restore_run_state(model, resume, cfg.steps)
         load_moments(optimizer, model, state, start)
     rank, world = distributed.rank_and_replicas(cfg)
     trainer = Trainer(distributed.wrap(model, world), cfg, optimizer, start)

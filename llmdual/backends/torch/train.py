@@ -194,7 +194,7 @@ def train(model: nn.Module, get_batch: BatchFn, cfg: TrainConfig, val: Sequence[
     with distributed.scope(cfg.data_parallel):
         start, state, history = 0, None, History("torch")
         if resume is not None:
-            start, state, history = restore_run_state(model, resume)
+            start, state, history = restore_run_state(model, resume, cfg.steps)
         trainer = Trainer(model, cfg, start=start)  # FSDP2 shards a copy of the restored model
         if state is not None:
             load_moments(trainer.optimizer, trainer.trained, state, start)

@@ -1,9 +1,11 @@
 """Compare PyTorch, Keras (TensorFlow, XLA, JAX, torch) and onnxruntime on the same model and weights.
 
 Every engine must reproduce the expected outputs (PyTorch eager, float32) before it is timed; each engine runs in
-its own fresh process. Writes ``results.json``, ``report.md`` and PNG charts to ``--out`` and prints a table per
-workload. The defaults (small preset, 8 x 256 tokens, 64 new tokens, every llmdual engine) finish on 2 CPU cores in
-about 5 minutes, ``--quick`` in about 2; see ``--help`` and README's "Benchmarks".
+its own fresh process, with a live line naming its phase and the ETA. Writes ``results.json``, ``report.md`` and PNG
+charts to ``--out``, prints a table per workload, and ends with the verdict: a line per priority, the caveats of
+the run (a host busy with other work withholds the wins it could fake) and where the files are. The defaults (small
+preset, 8 x 256 tokens, 64 new tokens, every llmdual engine) finish on 2 quiet CPU cores in about 5 minutes,
+``--quick`` in about 2; see ``--help`` and README's "Benchmarks".
 
     python benchmarks/compare.py
     python benchmarks/compare.py --quick

@@ -58,7 +58,9 @@ def test_a_real_tiny_run_writes_a_valid_document_report_and_charts(tmp_path):
                                         "latency_generate.png"}
     assert all(f.read_bytes().startswith(PNG_SIGNATURE) for f in charts)
     printed = "\n".join(log)
-    assert "infer" in printed and "keras-jax" in printed and "per-token latency" in printed
+    assert "infer" in printed and "keras-jax" in printed and "tok/s b1" in printed
+    block = log[-1]  # the run ends with its verdict, its caveats and where the files are
+    assert block.startswith("Verdict") and "\n  inference " in block and str(out / "report.md") in block
 
 
 def test_a_crashing_engine_and_a_missing_framework_are_recorded_and_the_run_goes_on(tmp_path, monkeypatch):

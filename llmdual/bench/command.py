@@ -4,9 +4,11 @@ parses the command line into :class:`~llmdual.bench.settings.BenchSettings` and 
 Compare PyTorch, Keras (TensorFlow, XLA, JAX, torch) and onnxruntime on the same model and weights.
 
 Every engine must reproduce the expected outputs (PyTorch eager, float32) before it is timed; each engine runs in
-its own fresh process. Writes ``results.json``, ``report.md`` and PNG charts to ``--out`` and prints a table per
-workload. The defaults (small preset, 8 x 256 tokens, 64 new tokens, every llmdual engine) finish on 2 CPU cores in
-about 5 minutes, ``--quick`` in about 2; see ``--help`` and README's "Benchmarks".
+its own fresh process, with a live line naming its phase and the ETA. Writes ``results.json``, ``report.md`` and PNG
+charts to ``--out``, prints a table per workload, and ends with the verdict: a line per priority, the caveats of
+the run (a host busy with other work withholds the wins it could fake) and where the files are. The defaults (small
+preset, 8 x 256 tokens, 64 new tokens, every llmdual engine) finish on 2 quiet CPU cores in about 5 minutes,
+``--quick`` in about 2; see ``--help`` and README's "Benchmarks".
 
     llmdual compare
     llmdual compare --quick
@@ -18,15 +20,16 @@ about 5 minutes, ``--quick`` in about 2; see ``--help`` and README's "Benchmarks
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from llmdual.bench import env, expected, runner
+from llmdual.bench import env, expected, progress, runner
 from llmdual.bench.engines.table import ENGINES, skip_reason
-from llmdual.bench.report import charts, tables
+from llmdual.bench.report import charts, onscreen, tables
 from llmdual.bench.report.results import WORKLOADS, Record, append_jsonl, build_document, write_json
 from llmdual.bench.report.verdict import PRIORITIES
 from llmdual.bench.settings import DEVICES, DTYPES, BenchSettings, Case
@@ -149,11 +152,10 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     if args.data_parallel is not None:
         return _scaling(args, prog)
     try:
-        _, files = run(settings_of(args), argv=argv)
+        run(settings_of(args), argv=argv)
     except (ValueError, ImportError, NoDevice) as error:  # raised before anything runs
         print(f"{prog or 'compare.py'}: error: {error}", file=sys.stderr)
         return 2
-    print("wrote " + ", ".join(str(f) for f in files))
     return 0
 
 
@@ -235,23 +237,31 @@ def run(settings: BenchSettings, log: Callable[[str], None] = print,
     out.mkdir(parents=True, exist_ok=True)
     jsonl = out / "runs.jsonl"
     jsonl.unlink(missing_ok=True)
-    cases, decided = plan_cases(settings, out, log)
-    for record in decided:
-        append_jsonl(jsonl, record)
-    records = runner.run_cases(cases, jsonl, rounds=settings.rounds, seed=settings.seed,
-                               timeout_s=settings.timeout_s, command=command, log=log)
-    described = {k: v for k, v in settings.to_dict().items() if k != "config_override"}
-    summary = {**described, "dtype": settings.dtype, "tolerance": settings.tolerance, "points": settings.points(),
-               "config": settings.config.to_dict(), **session_peak(records)}
-    worker = runner.worker_env("torch-eager", settings.threads, settings.device, base={})
-    doc = build_document(env.capture(settings.threads, flags={"argv": list(argv), "worker_env": worker}), summary,
-                         decided + records)
-    pictures = []
-    if settings.charts or (settings.charts is None and charts.available()):
-        pictures = charts.write_charts(doc, out)
-    elif settings.charts is None:
-        log("charts skipped: matplotlib is not installed (pip install 'llmdual[report]')")
-    files = [write_json(out / "results.json", doc), tables.write_report(doc, out, settings.priority, pictures),
-             *pictures]
+    live = progress.Progress(0) if log is print else None  # a live status line for a person watching
+    with live or contextlib.nullcontext():
+        say = live.log if live else log
+        if live:
+            live.set_phase("computing the expected outputs (PyTorch eager, float32)")
+        cases, decided = plan_cases(settings, out, say)
+        for record in decided:
+            append_jsonl(jsonl, record)
+        records = runner.run_cases(cases, jsonl, rounds=settings.rounds, seed=settings.seed,
+                                   timeout_s=settings.timeout_s, command=command, log=say, live=live)
+        if live:
+            live.set_phase("writing the report and charts", "")
+        described = {k: v for k, v in settings.to_dict().items() if k != "config_override"}
+        summary = {**described, "dtype": settings.dtype, "tolerance": settings.tolerance,
+                   "points": settings.points(), "config": settings.config.to_dict(), **session_peak(records)}
+        worker = runner.worker_env("torch-eager", settings.threads, settings.device, base={})
+        doc = build_document(env.capture(settings.threads, flags={"argv": list(argv), "worker_env": worker}),
+                             summary, decided + records)
+        pictures = []
+        if settings.charts or (settings.charts is None and charts.available()):
+            pictures = charts.write_charts(doc, out)
+        elif settings.charts is None:
+            say("charts skipped: matplotlib is not installed (pip install 'llmdual[report]')")
+        files = [write_json(out / "results.json", doc), tables.write_report(doc, out, settings.priority, pictures),
+                 *pictures]
     tables.print_tables(doc, None if log is print else log)
+    log(onscreen.block(doc, files))
     return doc, files

@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from llmdual.bench import progress
 from llmdual.bench.engines.table import host_env, skip_reason
 from llmdual.bench.env import peak_rss_mb
 from llmdual.bench.report.results import WORKER_STATUSES, Record, append_jsonl
@@ -28,6 +29,7 @@ from llmdual.bench.settings import Case
 
 CommandBuilder = Callable[[str, str], list[str]]
 Log = Callable[[str], None]
+Watch = Callable[[Case, str], None]  # a case and the phase its worker reports
 
 STDERR_TAIL_CHARS = 4000
 _OOM_MARKERS = ("out of memory", "memoryerror", "outofmemoryerror", "resource_exhausted", "std::bad_alloc")
@@ -101,11 +103,11 @@ def _finished(path: Path) -> bool:
     return True
 
 
-def _wait(pid: int, timeout_s: float, results: Sequence[Path], on_result: Callable[[int], None]
-          ) -> tuple[int, float | None, bool]:
+def _wait(pid: int, timeout_s: float, results: Sequence[Path], on_result: Callable[[int], None],
+          on_poll: Callable[[], None] = lambda: None) -> tuple[int, float | None, bool]:
     """Wait for the worker, polling its peak RSS (``VmHWM``; ``ru_maxrss`` would carry the parent's) and its result
-    files, calling ``on_result(i)`` as result ``i`` appears; kill its group once a case has run ``timeout_s``.
-    Returns its exit code, its last-seen peak RSS in MB, and whether it timed out."""
+    files, calling ``on_result(i)`` as result ``i`` appears and ``on_poll`` every poll; kill its group once a case
+    has run ``timeout_s``. Returns its exit code, its last-seen peak RSS in MB, and whether it timed out."""
     deadline, delay, timed_out, peak, seen = time.monotonic() + timeout_s, 0.005, False, None, 0
     try:
         while os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
@@ -114,6 +116,7 @@ def _wait(pid: int, timeout_s: float, results: Sequence[Path], on_result: Callab
                 on_result(seen)
                 seen += 1
                 deadline, delay = time.monotonic() + timeout_s, 0.005
+            on_poll()  # after the results: a case's record comes before the next case's phases
             if time.monotonic() >= deadline:
                 timed_out = True
                 break
@@ -154,13 +157,28 @@ def _from_file(spec: Case, path: Path, round_index: int, **process: Any) -> Reco
                   found.scalars, round_index, **process)
 
 
+def _watcher(path: Path, specs: Sequence[Case], watch: Watch | None) -> Callable[[], None]:
+    """A poll that hands the worker's status (its case and phase, ``llmdual.bench.progress``) to ``watch`` when it
+    changes."""
+    last: list[Any] = [None]
+
+    def poll() -> None:
+        status = progress.read_status(path) if watch is not None else None
+        if status is not None and status != last[0] and 0 <= status[0] < len(specs):
+            last[0] = status
+            watch(specs[status[0]], status[1])
+
+    return poll
+
+
 def _run_process(specs: Sequence[Case], round_index: int, timeout_s: float, command: CommandBuilder,
-                 emit: Callable[[Record], None]) -> int:
+                 emit: Callable[[Record], None], watch: Watch | None = None) -> int:
     """Run ``specs`` in order in one worker process, emitting a record per case it finished and one for the case
-    it died in (if it did); returns how many cases it used up (at least one)."""
+    it died in (if it did), and telling ``watch`` each phase it reports; returns how many cases it used up (at
+    least one)."""
     with tempfile.TemporaryDirectory(prefix="llmdual-bench-") as tmp:
         results = [Path(tmp, f"result-{i}.json") for i in range(len(specs))]
-        stderr_path = Path(tmp, "stderr.txt")
+        stderr_path, status_path = Path(tmp, "stderr.txt"), Path(tmp, "status.txt")
         argv = command(specs[0].to_json(), str(results[0]))
         for spec, path in zip(specs[1:], results[1:]):
             argv += ["--case-json", spec.to_json(), "--result", str(path)]
@@ -178,9 +196,13 @@ def _run_process(specs: Sequence[Case], round_index: int, timeout_s: float, comm
 
         with stderr_path.open("wb") as stderr:
             settings = specs[0].settings
-            proc = _spawn(argv, worker_env(specs[0].engine, settings.threads, settings.device), stderr,
-                          settings.threads)
-            returncode, peak, timed_out = _wait(proc.pid, timeout_s, results, on_result)
+            environment = worker_env(specs[0].engine, settings.threads, settings.device)
+            environment[progress.STATUS_VAR] = str(status_path)
+            if watch is not None:
+                watch(specs[0], "starting a fresh worker process")
+            proc = _spawn(argv, environment, stderr, settings.threads)
+            returncode, peak, timed_out = _wait(proc.pid, timeout_s, results, on_result,
+                                                _watcher(status_path, specs, watch))
             proc.returncode = returncode  # reaped by _wait; keeps Popen from waiting on it again
         ended, tail = time.monotonic(), _tail(stderr_path)
         written = len(marks) - 1
@@ -205,14 +227,16 @@ def _run_process(specs: Sequence[Case], round_index: int, timeout_s: float, comm
 
 
 def run_group(specs: Sequence[Case], round_index: int = 0, timeout_s: float = 600.0,
-              command: CommandBuilder = worker_command, emit: Callable[[Record], None] | None = None) -> list[Record]:
+              command: CommandBuilder = worker_command, emit: Callable[[Record], None] | None = None,
+              watch: Watch | None = None) -> list[Record]:
     """Run cases of one engine in one fresh worker process (another for the rest if one dies); their records in
-    order, each also handed to ``emit`` as soon as it is known. ``timeout_s`` bounds each case, not the group."""
+    order, each also handed to ``emit`` as soon as it is known, and each phase the worker reports to ``watch``.
+    ``timeout_s`` bounds each case, not the group."""
     records: list[Record] = []
     done = 0
     while done < len(specs):
         done += _run_process(specs[done:], round_index, timeout_s, command,
-                             lambda r: (records.append(r), emit and emit(r)))
+                             lambda r: (records.append(r), emit and emit(r)), watch)
     return records
 
 
@@ -236,9 +260,11 @@ def plan(specs: Sequence[Case], rounds: int, seed: int) -> list[tuple[int, list[
 
 
 def run_cases(specs: Sequence[Case], jsonl_path: str | Path, *, rounds: int = 1, seed: int = 0,
-              timeout_s: float = 600.0, command: CommandBuilder = worker_command, log: Log = print) -> list[Record]:
+              timeout_s: float = 600.0, command: CommandBuilder = worker_command, log: Log = print,
+              live: progress.Progress | None = None) -> list[Record]:
     """Run every case ``rounds`` times (see :func:`plan`), appending each record to ``jsonl_path`` as it lands and
-    logging one line per record; engines that cannot run here are recorded once as ``skipped``."""
+    logging one line per record, with each case's phase and the ETA on ``live``; engines that cannot run here are
+    recorded once as ``skipped``."""
     records: list[Record] = []
     runnable = []
     for spec in specs:
@@ -250,6 +276,8 @@ def run_cases(specs: Sequence[Case], jsonl_path: str | Path, *, rounds: int = 1,
             runnable.append(spec)
     todo = plan(runnable, rounds, seed)
     total = len(records) + sum(len(group) for _, group in todo)
+    if live is not None:
+        live.plan([(c.engine, c.workload) for _, group in todo for c in group], len(records))
 
     def emit(record: Record) -> None:
         append_jsonl(jsonl_path, record)
@@ -257,7 +285,12 @@ def run_cases(specs: Sequence[Case], jsonl_path: str | Path, *, rounds: int = 1,
         note = "" if record.status == "ok" else f": {record.reason}"
         log(f"[{len(records)}/{total}] {record.engine} {record.workload} round {record.round + 1}: "
             f"{record.status} in {record.wall_s:.1f} s{note}")
+        if live is not None:
+            live.finished(record.engine, record.workload, record.wall_s)
 
     for round_index, group in todo:
-        run_group(group, round_index, timeout_s, command, emit)
+        def watch(case: Case, text: str, round_index: int = round_index) -> None:
+            live.set_phase(text, f"{case.engine} {case.workload} round {round_index + 1}")
+
+        run_group(group, round_index, timeout_s, command, emit, None if live is None else watch)
     return records

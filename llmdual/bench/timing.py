@@ -20,15 +20,18 @@ PROBE_SIZE = {"cpu": 1024, "cuda": 8192}  # square matmul side: ~2 GFLOP on a CP
 
 
 def time_calls(fn: Callable[[], Any], warmup: int, repeats: int, budget_s: float | None = None,
-               min_repeats: int = 3) -> tuple[list[float], float]:
+               min_repeats: int = 3, on_timing: Callable[[], Any] | None = None) -> tuple[list[float], float]:
     """Seconds of each of up to ``repeats`` calls after ``warmup`` untimed ones (fewer, but at least
-    ``min_repeats``, once the timed calls took ``budget_s``), and the warm-up's seconds. Every call must return
-    only once its work is done (host values, or the engine synchronised)."""
+    ``min_repeats``, once the timed calls took ``budget_s``), and the warm-up's seconds; ``on_timing`` is called
+    between the two (progress). Every call must return only once its work is done (host values, or the engine
+    synchronised)."""
     budget = math.inf if budget_s is None else budget_s
     started = time.perf_counter()
     for _ in range(warmup):
         fn()
     warmup_s = time.perf_counter() - started
+    if on_timing is not None:
+        on_timing()
     times: list[float] = []
     while len(times) < repeats and (len(times) < min_repeats or sum(times) < budget):
         started = time.perf_counter()

@@ -2,7 +2,8 @@
 
 ``python -m llmdual.bench.worker --case-json JSON --result PATH [...]``: the engine is opened once, a matmul probe
 measures the process's peak FLOP/s, then each case is checked and timed (:func:`llmdual.bench.workloads.run`) and
-its record written atomically as it ends. An exception is that case's ``failed`` record; the others still run.
+its record written atomically as it ends, with the host's load around it and a calibration probe run just before it
+(:mod:`llmdual.bench.host`). An exception is that case's ``failed`` record; the others still run.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
+from llmdual.bench import host, progress
 from llmdual.bench.engines.table import host_env
 from llmdual.bench.report.results import Record
 from llmdual.bench.settings import Case
@@ -37,18 +39,26 @@ def run_cases(cases: Sequence[Case], result_paths: Sequence[str]) -> None:
 
     runtime, probe_flops, opened = None, None, None
     try:
+        progress.phase("importing the framework and opening the engine")
         runtime = open_engine(cases[0].engine, cases[0].settings)
+        progress.phase("matmul peak probe")
         probe_flops = runtime.probe_flops()
+        progress.phase("preparing the engine's models")
         runtime.prefetch([(c.settings, workloads.TASKS[c.workload], c.workload == "generate") for c in cases])
     except Exception as error:  # noqa: BLE001 -- the engine cannot start here: every case says why
         opened = error
-    for case, path in zip(cases, result_paths):
+    for index, (case, path) in enumerate(zip(cases, result_paths)):
+        progress.start_case(index)
         if opened is not None:
             record = _failure(case, opened)
         else:
             try:
+                progress.phase("calibration probe")
+                calibration = host.calibrate()
+                before = host.snapshot()
                 record = workloads.run(runtime, case)
-                record.scalars["probe_flops"] = probe_flops
+                record.scalars.update(host.between(before, host.snapshot()), calibration_s=calibration,
+                                      probe_flops=probe_flops)
             except Exception as error:  # noqa: BLE001 -- any failure of a case is its record
                 record = _failure(case, error)
         text = json.dumps(record.to_dict(), allow_nan=False)

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from llmdual.bench import expected
+from llmdual.bench import expected, progress
 from llmdual.bench.engines.runtime import Runtime
 from llmdual.bench.engines.table import ENGINES
 from llmdual.bench.env import peak_rss_mb
@@ -28,6 +28,13 @@ from llmdual.bench.timing import looped, reset_peak_rss, streamed, time_calls
 
 TASKS = {"train": "lm", "infer": "lm", "generate": "lm", "classify": "classifier", "kv": "lm"}
 KV_REPEATS = 8  # a single decoding step is cheap: more repeats for the same noise
+
+
+def _with_compile(phase: str, case: Case) -> str:
+    """A phase's name, saying so where its engine compiles (the first calls of each shape take long)."""
+    engine = ENGINES.get(case.engine)
+    compiles = engine is not None and bool(engine.options.get("compile") or engine.options.get("jit_compile"))
+    return f"{phase}; {progress.COMPILING}" if compiles else phase
 
 
 def _refused(record: Record, diff: float, reason: str | None, scalar: str = "max_abs_diff") -> bool:
@@ -41,7 +48,8 @@ def _timed(record: Record, metric: str, fn: Callable[[], Any], case: Case, start
            repeats: int | None = None) -> None:
     """Warm up and time ``fn``; ``metric`` is ``per_call`` units per second (or seconds when ``per_call`` is 0)."""
     s = case.settings
-    times, _ = time_calls(fn, s.warmup, repeats or s.repeats, s.budget_s)
+    progress.phase(_with_compile("warm-up", case))
+    times, _ = time_calls(fn, s.warmup, repeats or s.repeats, s.budget_s, on_timing=lambda: progress.phase("timing"))
     record.scalars.setdefault("warmup_s", time.perf_counter() - started - sum(times))
     record.measurements[metric] = [per_call / t for t in times] if per_call else times
 
@@ -94,11 +102,13 @@ def _generate(runtime: Runtime, case: Case, inputs: Inputs, want: Mapping[str, n
             _timed(record, metric, lambda p=prompt: runtime.generate(p, new), case, started, len(prompt) * new)
         return
     decoder = runtime.decoder(True)
+    progress.phase(_with_compile("warm-up", case))
     for _ in range(settings.warmup):
         for prompt in prompts.values():
             looped(decoder, prompt, new)
         streamed(decoder, prompts["b1"], new)
     record.scalars["warmup_s"] = time.perf_counter() - started
+    progress.phase("timing")
     m: dict[str, list[float]] = {"tokens_per_s_b1": [], "tokens_per_s_batch": [], "ttft_s": [], "token_latency_s": []}
     for _ in range(settings.repeats):
         m["tokens_per_s_b1"].append(new / looped(decoder, prompts["b1"], new)[1])
@@ -135,8 +145,10 @@ def run(runtime: Runtime, case: Case) -> Record:
     reset_peak_rss()
     runtime.reset_peaks()
     try:
+        progress.phase("building the model")
         record.scalars.update(runtime.prepare(settings, TASKS[case.workload], case.workload in ("generate", "kv")))
         inputs = Inputs.of(settings, case.batch_size, case.seq_len)
+        progress.phase(_with_compile("checking against the expected outputs", case))
         WORKLOAD_RUNS[case.workload](runtime, case, inputs, want, record, tol)
         record.scalars["tolerance"] = tol
         record.scalars["peak_rss_mb"] = peak_rss_mb()

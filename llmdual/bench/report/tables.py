@@ -4,6 +4,7 @@ with the verdict. Everything reads only the document, so a report can be rebuilt
 from __future__ import annotations
 
 import importlib.util
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,20 +30,25 @@ def _entries(doc: dict[str, Any]) -> dict[tuple[int, str], dict[str, Any]]:
     return {(e["case"], g["metric"]): e for g in doc["summary"]["groups"] for e in g["entries"]}
 
 
-def workload_table(doc: dict[str, Any], workload: str, compact: bool = False) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of one workload's table: ok cases fastest first, then the others with their reasons.
-    ``compact`` (the terminal's) shows the spread as the IQR only and shortens the reasons."""
+def _ordered(doc: dict[str, Any], workload: str) -> list[tuple[int, dict[str, Any]]]:
+    """A workload's (index, case): ok cases by point, fastest first, then the others."""
     cases = [(i, c) for i, c in enumerate(doc["cases"]) if c["workload"] == workload]
-    entries = _entries(doc)
-    primary, *others = WORKLOAD_METRICS[workload]
+    primary = WORKLOAD_METRICS[workload][0]
     order = {e["case"]: rank for g in doc["summary"]["groups"] if g["metric"] == primary
              for rank, e in enumerate(g["entries"])}
-    cases.sort(key=lambda ic: (ic[1]["status"] != "ok", *map(_sort_key, _numbers(ic[1]["settings"])),
-                               order.get(ic[0], 0)))
+    return sorted(cases, key=lambda ic: (ic[1]["status"] != "ok", *map(_sort_key, _numbers(ic[1]["settings"])),
+                                         order.get(ic[0], 0)))
+
+
+def workload_table(doc: dict[str, Any], workload: str) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of one workload's full table (the report's): ok cases fastest first, then the others with
+    their reasons."""
+    cases, entries = _ordered(doc, workload), _entries(doc)
+    primary, *others = WORKLOAD_METRICS[workload]
     keys = varying([c["settings"] for _, c in cases])
     show_flops = any((c.get("flops") or {}).get("achieved") for _, c in cases)
     show_export = any("export_s" in c["scalars"] for _, c in cases)
-    header = ["engine", *keys, metric_of(primary).label, "IQR" if compact else "spread (IQR; 95% CI)",
+    header = ["engine", *keys, metric_of(primary).label, "spread (IQR; 95% CI)",
               "vs fastest", *(metric_of(m).label + (" p50 / p90 / p99" if m == "token_latency_s" else "")
                               for m in others),
               *(["model FLOP/s (MFU)"] if show_flops else []), "peak memory", "build / warm-up",
@@ -57,10 +63,8 @@ def workload_table(doc: dict[str, Any], workload: str, compact: bool = False) ->
                 "fastest" if entry["relative"] == 1.0 else
                 f"{entry['relative']:.2f}× [{entry['relative_ci'][0]:.2f}–{entry['relative_ci'][1]:.2f}]"
                 + (" noise" if entry["within_noise"] else ""))
-            spread = format_value(s[primary]["iqr"], unit)
-            if not compact:
-                spread += (f"; {format_value(s[primary]['ci_low'], unit)}–"
-                           f"{format_value(s[primary]['ci_high'], unit)}")
+            spread = (f"{format_value(s[primary]['iqr'], unit)}; {format_value(s[primary]['ci_low'], unit)}–"
+                      f"{format_value(s[primary]['ci_high'], unit)}")
             row += [format_value(s[primary]["median"], unit), spread, rel]
         else:
             row += ["–", "–", "–"]
@@ -86,7 +90,7 @@ def workload_table(doc: dict[str, Any], workload: str, compact: bool = False) ->
             export, size = case["scalars"].get("export_s"), case["scalars"].get("file_mb")
             row.append("–" if export is None else f"{format_value(export, 's')} / {format_value(size, 'MB')}")
         reason = (case["reason"] or "").replace("\n", " ")
-        row.append("ok" if case["status"] == "ok" else f"{case['status']}: {reason[:100 if compact else 160]}")
+        row.append("ok" if case["status"] == "ok" else f"{case['status']}: {reason[:160]}")
         rows.append(row)
     return header, rows
 
@@ -117,28 +121,96 @@ def int8_table(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def print_tables(doc: dict[str, Any], console: Any = None) -> None:
-    """Print one table per workload: a rich table when rich is installed (or ``console`` is a rich Console),
-    else aligned plain text on ``console`` (a ``print``-like callable) or stdout."""
+# The terminal's columns per workload beside the headline, dropped from the right where 100 columns are too few:
+# (metric, short header, statistic).
+TERMINAL_EXTRAS = {"generate": (("tokens_per_s_batch", "batch tok/s", "median"), ("ttft_s", "TTFT", "median"),
+                                ("token_latency_s", "token p50", "p50")),
+                   "kv": (("kv_recompute_s", "recompute", "median"),)}
+TERMINAL_WIDTH = 100
+TERMINAL_CAPTION = "vs fastest: ratio [95% interval]; ≈ within noise. Spreads, MFU, build times: report.md"
+_GAP = 2  # spaces between terminal columns (rich: padding 1 each side, no box)
+
+
+def _short(value: float | None, unit: str) -> str:
+    """A figure for the terminal: rates without their unit (it is in the header), scaled units for the rest."""
+    if value is None:
+        return "–"
+    if unit in ("tok/s", "seq/s"):
+        return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+    return format_value(value, unit)
+
+
+def terminal_table(doc: dict[str, Any], workload: str, width: int = TERMINAL_WIDTH
+                   ) -> tuple[list[str], list[list[str]], list[str]]:
+    """Header, rows and notes of one workload's terminal table, at most ``width`` columns: the headline, its ratio
+    to the fastest with the 95% interval, the workload's main latencies (as many as fit), memory, warm-up and the
+    status; the notes give each failure's reason (the full table is in report.md)."""
+    cases, entries = _ordered(doc, workload), _entries(doc)
+    primary = WORKLOAD_METRICS[workload][0]
+    keys = varying([c["settings"] for _, c in cases])
+    metric = metric_of(primary)
+    headline = metric.unit + (" b1" if primary == "tokens_per_s_b1" else "") if metric.unit != "s" else metric.label
+    extras = list(TERMINAL_EXTRAS.get(workload, ()))
+    while True:
+        header = ["engine", *keys, headline, "vs fastest", *(label for _, label, _ in extras), "memory", "warm-up",
+                  "status"]
+        rows, notes = [], []
+        for index, case in cases:
+            s = case["stats"]
+            row = [case["engine"], *(str(case["settings"].get(k, "–")) for k in keys)]
+            entry = entries.get((index, primary))
+            row.append(_short(s[primary]["median"], metric.unit) if primary in s else "–")
+            if entry is None:
+                row.append("–")
+            elif entry["relative"] == 1.0:
+                row.append("fastest")
+            else:
+                low, high = entry["relative_ci"]
+                row.append(f"{'≈' if entry['within_noise'] else ''}{entry['relative']:.2f} [{low:.2f}–{high:.2f}]")
+            row += [_short(s[m][stat], metric_of(m).unit) if m in s else "–" for m, _, stat in extras]
+            memory = next((m for m in MEMORY_METRICS if m in s), None)
+            row.append(format_value(s[memory]["median"], "MB") if memory else "–")
+            row.append(format_value(case["scalars"].get("warmup_s"), "s"))
+            by_design = (case["reason"] or "").startswith(("not applicable", "not supported"))
+            row.append("n/a" if by_design else case["status"])
+            rows.append(row)
+            if case["status"] != "ok" and not by_design:
+                reason = (case["reason"] or "").replace("\n", " ")
+                notes.append(f"{case['engine']}: {case['status']}: {reason[:240]}")
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        if sum(widths) + _GAP * (len(header) - 1) <= width or not extras:
+            return header, rows, notes
+        extras.pop()
+
+
+def print_tables(doc: dict[str, Any], console: Any = None, width: int = TERMINAL_WIDTH) -> None:
+    """Print one narrow table per workload (``terminal_table``, at most ``width`` columns) and its failures'
+    reasons: a rich table when rich is installed (or ``console`` is a rich Console), else aligned plain text on
+    ``console`` (a ``print``-like callable) or stdout."""
     for workload in WORKLOADS:
-        header, rows = workload_table(doc, workload, compact=True)
+        header, rows, notes = terminal_table(doc, workload, width)
         if not rows:
             continue
+        notes = [line for note in notes for line in textwrap.wrap(note, width, subsequent_indent="  ")]
         if console is None and importlib.util.find_spec("rich") is not None:
             from rich.console import Console
 
-            console = Console(width=200)
+            console = Console(width=width)
         if console is not None and hasattr(console, "print"):
             from rich.table import Table
 
-            grid = Table(title=workload, title_justify="left")
+            grid = Table(title=workload, title_justify="left", box=None, padding=(0, 1), pad_edge=False,
+                         show_edge=False, header_style="bold")
             for i, name in enumerate(header):
-                grid.add_column(name, justify="left" if i == 0 or name == "status" else "right", overflow="fold")
+                grid.add_column(name, justify="left" if i == 0 or name == "status" else "right", no_wrap=True)
             for row in rows:
                 grid.add_row(*row, style=None if row[-1] == "ok" else "red")
-            console.print(grid)
+            console.print(grid, width=min(width, console.width))
+            for line in [*notes, TERMINAL_CAPTION, ""]:
+                console.print(line, highlight=False, markup=False, width=min(width, console.width))
         else:
-            (console or print)(f"{workload}\n{table(header, rows, markdown=False)}\n")
+            (console or print)("\n".join([workload, table(header, rows, markdown=False), *notes, TERMINAL_CAPTION,
+                                          ""]))
     header, rows = int8_table(doc)
     if rows:
         (console.print if hasattr(console, "print") else console or print)(
@@ -197,9 +269,9 @@ def markdown_report(doc: dict[str, Any], priority: str, charts: Sequence[Path] =
             out += [f"### {workload}", "", table(header, [[c.replace("|", "\\|") for c in row] for row in rows]), ""]
     header, rows = int8_table(doc)
     if rows:
-        out += ["### int8", "", "Weights in memory (ONNX: the file), and each int8 engine's perplexity and next-token "
+        out += ["### int8", "", ("Weights in memory (ONNX: the file), and each int8 engine's perplexity and next-token "
                 "agreement against the same seed-initialised model in float32, on the built-in corpus' validation "
-                "blocks (`llmdual.quantize.measure`). Speed: the int8 rows of the tables above.", "",
+                "blocks (`llmdual.quantize.measure`). Speed: the int8 rows of the tables above."), "",
                 table(header, rows), ""]
     sources = sorted({c["flops"]["peak_source"] for c in doc["cases"] if (c.get("flops") or {}).get("peak_source")})
     if sources:

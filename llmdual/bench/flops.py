@@ -48,7 +48,8 @@ def matmul_params(config: Config, task: str = "lm") -> int:
     """``N`` above: parameters used in a matmul per token (the LM head only for ``task="lm"``)."""
     if task not in ("lm", "classifier"):
         raise ValueError(f"task must be 'lm' or 'classifier', got {task!r}")
-    body = config.n_layers * (4 * config.d_model**2 + 2 * config.d_model * config.d_ff)
+    C = config.d_model  # q, k, v (fewer k and v heads with GQA), the output, and the MLP (SwiGLU: gate, up, down)
+    body = config.n_layers * (C * config.qkv_width + C * C + C * config.fc_width + config.d_ff * C)
     return body + (config.d_model * config.vocab_size if task == "lm" else 0)
 
 

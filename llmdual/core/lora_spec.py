@@ -62,7 +62,8 @@ class LoraSpec:
 def projection_shape(config: Config, target: str) -> tuple[int, int]:
     """``(in, out)`` of a target projection."""
     C, F = config.d_model, config.d_ff
-    return {"attn.c_attn": (C, 3 * C), "attn.c_proj": (C, C), "mlp.c_fc": (C, F), "mlp.c_proj": (F, C)}[target]
+    return {"attn.c_attn": (C, config.qkv_width), "attn.c_proj": (C, C), "mlp.c_fc": (C, config.fc_width),
+            "mlp.c_proj": (F, C)}[target]
 
 
 def resolve_targets(targets: str | Iterable[str]) -> tuple[str, ...]:

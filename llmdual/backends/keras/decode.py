@@ -34,7 +34,7 @@ class Decoder(StaticDecoder):
 
     def _allocate(self, batch: int, length: int) -> list:
         c = self.config
-        shape = (batch, c.n_heads, length, c.d_model // c.n_heads)
+        shape = (batch, c.kv_heads, length, c.head_dim)
         return [(ops.zeros(shape, self.model.compute_dtype), ops.zeros(shape, self.model.compute_dtype))
                 for _ in range(c.n_layers)]
 

@@ -16,6 +16,7 @@ _LEAVES = {
     keras.layers.Dense: {"weight": "_kernel", "bias": "bias", "lora_A": "lora_kernel_a", "lora_B": "lora_kernel_b"},
     keras.layers.Embedding: {"weight": "embeddings"},
     keras.layers.LayerNormalization: {"weight": "gamma", "bias": "beta"},
+    keras.layers.RMSNormalization: {"weight": "scale"},
 }
 
 

@@ -25,7 +25,7 @@ class Decoder(StaticDecoder):
 
     def _allocate(self, batch: int, length: int) -> KVCache:
         c = self.config
-        shape = (batch, c.n_heads, length, c.d_model // c.n_heads)
+        shape = (batch, c.kv_heads, length, c.head_dim)
         return [(np.zeros(shape), np.zeros(shape)) for _ in range(c.n_layers)]
 
     def _grow(self, cache: KVCache, length: int) -> KVCache:

@@ -1,4 +1,4 @@
-"""GPT-2 in float64 NumPy: causal LM and classifier, the reference every parity table reports against. Mirrors
+"""GPT-2 and the Llama family in float64 NumPy: causal LM and classifier, the reference every parity table reports against. Mirrors
 ``llmdual/backends/torch/model.py`` class for class, slow on purpose: plain matrix products in float64, no
 dropout (the reference only runs inference), nothing fused.
 
@@ -62,6 +62,22 @@ class LayerNorm(Module):
         return (x - mean) / np.sqrt(var + self.eps) * self.weight + self.bias
 
 
+class RMSNorm(Module):
+    """Root-mean-square normalisation over the last axis, a scale and no bias (Llama's)."""
+
+    def __init__(self, dim: int, eps: float):
+        self.weight = np.ones(dim)
+        self.eps = eps
+
+    def forward(self, x):
+        return x / np.sqrt((x**2).mean(axis=-1, keepdims=True) + self.eps) * self.weight
+
+
+def norm(config: Config) -> Module:
+    """The config's normalisation: LayerNorm (GPT-2) or RMSNorm (Llama)."""
+    return (RMSNorm if config.norm == "rms" else LayerNorm)(config.d_model, config.norm_eps)
+
+
 def gelu(x):
     """GELU, tanh approximation, as GPT-2 (``gelu_new``)."""
     return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
@@ -74,59 +90,71 @@ def softmax(x):
 
 
 class Attention(Module):
-    """Multi-head self-attention with a fused qkv projection and an optional KV cache: ``past`` is grown by
-    concatenation, or with ``start`` it is a static cache whose buffers take the new keys and values in place."""
+    """Multi-head (or grouped-query: fewer key/value heads) self-attention with a fused qkv projection, rotary
+    positions when given ``rope``, and an optional KV cache: ``past`` is grown by concatenation, or with ``start``
+    it is a static cache whose buffers take the new keys and values in place."""
 
     def __init__(self, config: Config):
         C = config.d_model
-        self.n_heads = config.n_heads
-        self.c_attn = Linear(C, 3 * C)
-        self.c_proj = Linear(C, C)
+        self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.kv_heads, config.head_dim
+        self.c_attn = Linear(C, config.qkv_width, bias=config.qkv_biased)
+        self.c_proj = Linear(C, C, bias=config.attn_bias)
 
-    def forward(self, x, attn_mask=None, causal=True, past=None, start=None):
+    def forward(self, x, attn_mask=None, causal=True, past=None, start=None, rope=None):
         B, T, C = x.shape
-        q, k, v = np.split(self.c_attn(x), 3, axis=2)
-        q = q.reshape(B, T, self.n_heads, C // self.n_heads).transpose(0, 2, 1, 3)  # (B, nh, T, hs)
-        k = k.reshape(B, T, self.n_heads, C // self.n_heads).transpose(0, 2, 1, 3)
-        v = v.reshape(B, T, self.n_heads, C // self.n_heads).transpose(0, 2, 1, 3)
+        kv, hs = self.n_kv_heads * self.head_dim, self.head_dim
+        q, k, v = np.split(self.c_attn(x), [C, C + kv], axis=2)
+        q = q.reshape(B, T, self.n_heads, hs).transpose(0, 2, 1, 3)  # (B, nh, T, hs)
+        k = k.reshape(B, T, self.n_kv_heads, hs).transpose(0, 2, 1, 3)  # (B, nkv, T, hs)
+        v = v.reshape(B, T, self.n_kv_heads, hs).transpose(0, 2, 1, 3)
+        if rope is not None:
+            q, k = rotate(q, *rope), rotate(k, *rope)
         if start is not None:
             past[0][:, :, start : start + T] = k
             past[1][:, :, start : start + T] = v
-            k, v = past  # (B, nh, L, hs)
+            k, v = past  # (B, nkv, L, hs)
         elif past is not None:
-            k = np.concatenate([past[0], k], axis=2)  # (B, nh, T_past + T, hs)
+            k = np.concatenate([past[0], k], axis=2)  # (B, nkv, T_past + T, hs)
             v = np.concatenate([past[1], v], axis=2)
-        att = q @ k.transpose(0, 1, 3, 2) / math.sqrt(C // self.n_heads)  # (B, nh, T, S)
+        groups = self.n_heads // self.n_kv_heads  # each key/value head serves this many query heads, in order
+        keys, values = np.repeat(k, groups, axis=1), np.repeat(v, groups, axis=1)
+        att = q @ keys.transpose(0, 1, 3, 2) / math.sqrt(hs)  # (B, nh, T, S)
         if attn_mask is not None:
             att = np.where(attn_mask, att, -np.inf)  # a query always sees itself: no row is all -inf
-        y = softmax(att) @ v  # (B, nh, T, hs)
+        y = softmax(att) @ values  # (B, nh, T, hs)
         y = y.transpose(0, 2, 1, 3).reshape(B, T, C)  # re-assemble heads side by side
         return self.c_proj(y), (k, v)
 
 
 class MLP(Module):
-    """Position-wise feed-forward: c_fc, GELU (tanh approximation, as GPT-2), c_proj."""
+    """Position-wise feed-forward: c_fc, GELU (tanh approximation, as GPT-2) or SwiGLU (c_fc's gate and up halves:
+    ``silu(gate) * up``, as Llama), c_proj."""
 
     def __init__(self, config: Config):
-        self.c_fc = Linear(config.d_model, config.d_ff)
-        self.c_proj = Linear(config.d_ff, config.d_model)
+        self.swiglu = config.mlp == "swiglu"
+        self.c_fc = Linear(config.d_model, config.fc_width, bias=config.mlp_bias)
+        self.c_proj = Linear(config.d_ff, config.d_model, bias=config.mlp_bias)
 
     def forward(self, x):
-        return self.c_proj(gelu(self.c_fc(x)))
+        h = self.c_fc(x)
+        if self.swiglu:
+            gate, up = np.split(h, 2, axis=-1)
+            return self.c_proj(gate / (1.0 + np.exp(-gate)) * up)  # silu(gate) * up
+        return self.c_proj(gelu(h))
 
 
 class Block(Module):
-    """Pre-LayerNorm transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+    """Pre-norm transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
 
     def __init__(self, config: Config):
-        self.ln_1 = LayerNorm(config.d_model, config.norm_eps)
+        self.ln_1 = norm(config)
         self.attn = Attention(config)
-        self.ln_2 = LayerNorm(config.d_model, config.norm_eps)
+        self.ln_2 = norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x, attn_mask=None, causal=True, past=None, start=None):
+    def forward(self, x, attn_mask=None, causal=True, past=None, start=None, rope=None):
         """Block output, its (k, v) cache, and the residual stream between attention and MLP (for tracing)."""
-        a, present = self.attn(self.ln_1(x), attn_mask=attn_mask, causal=causal, past=past, start=start)
+        a, present = self.attn(self.ln_1(x), attn_mask=attn_mask, causal=causal, past=past, start=start, rope=rope)
         mid = x + a
         return mid + self.mlp(self.ln_2(mid)), present, mid
 
@@ -141,9 +169,10 @@ class Transformer(Module):
     def __init__(self, config: Config):
         self.config = config
         self.wte = Embedding(config.vocab_size, config.d_model)
-        self.wpe = Embedding(config.max_seq_len, config.d_model)
+        if config.positions == "learned":
+            self.wpe = Embedding(config.max_seq_len, config.d_model)
         self.h = [Block(config) for _ in range(config.n_layers)]
-        self.ln_f = LayerNorm(config.d_model, config.norm_eps)
+        self.ln_f = norm(config)
 
     def check_inputs(self, input_ids, attention_mask=None, past=None, position_ids=None) -> None:
         """Refuse bad ids, mask or length with ``llmdual.core.validate``, as the other backends do."""
@@ -162,13 +191,18 @@ class Transformer(Module):
             attn_mask = cache_bias(attention_mask, start, T)
         if position_ids is None:
             position_ids = (past_len + np.arange(T))[None]
-        x = self.wte(input_ids) + self.wpe(position_ids)
+        rope = None
+        if self.config.positions == "learned":
+            x = self.wte(input_ids) + self.wpe(position_ids)
+        else:
+            x = self.wte(input_ids)
+            rope = rotary(np.asarray(position_ids), self.config.head_dim, self.config.rope_theta)
         if trace is not None:
             trace.append(x)
         present = []
         for i, block in enumerate(self.h):
             x, kv, mid = block(x, attn_mask=attn_mask, causal=self.causal, past=None if past is None else past[i],
-                               start=start)
+                               start=start, rope=rope)
             present.append(kv)
             if trace is not None:
                 trace += [mid, x]
@@ -199,7 +233,7 @@ class GPT(Transformer):
     def forward_cached(self, input_ids, past_key_values=None, attention_mask=None, position_ids=None):
         """Logits of the new tokens and the cache extended by them.
 
-        ``past_key_values`` is a list of per-layer ``(k, v)``, each (B, n_heads, T_past, head_dim);
+        ``past_key_values`` is a list of per-layer ``(k, v)``, each (B, kv_heads, T_past, head_dim);
         ``attention_mask`` (B, T_past + T) marks real tokens among past and new ones.
         """
         x, present = self.hidden(input_ids, attention_mask, past_key_values, position_ids)
@@ -208,7 +242,7 @@ class GPT(Transformer):
     def forward_static(self, input_ids, cache, start, attention_mask, position_ids):
         """Logits of the last new token (B, vocab_size) and the static cache holding the new tokens too.
 
-        ``cache``: per-layer ``(k, v)`` buffers (B, n_heads, L, head_dim), written in place at slots ``start`` (an
+        ``cache``: per-layer ``(k, v)`` buffers (B, kv_heads, L, head_dim), written in place at slots ``start`` (an
         int) onwards; ``attention_mask`` (B, L) marks real tokens among the slots (unwritten slots are never
         attended); ``position_ids`` (B, T). Inputs are not validated here: the decoder checks them.
         """
@@ -217,19 +251,21 @@ class GPT(Transformer):
 
 
 class Classifier(Transformer):
-    """Sequence classifier: bidirectional blocks, mean pooling over real tokens, linear ``score`` head."""
+    """Sequence classifier, linear ``score`` head over pooled states: bidirectional blocks and mean pooling over
+    real tokens (``pooling="mean"``), or causal blocks and the last real token (``"last"``, as Llama's)."""
 
     task = "classifier"
     causal = False
 
     def __init__(self, config: Config):
         super().__init__(config)
-        self.score = Linear(config.d_model, config.num_classes)
+        self.causal = config.pooling == "last"
+        self.score = Linear(config.d_model, config.num_classes, bias=not self.causal)
 
     def forward(self, input_ids, attention_mask=None):
         """Class logits (B, num_classes)."""
         x, _ = self.hidden(input_ids, attention_mask)
-        return self.score(mean_pool(x, attention_mask))
+        return self.score(last_token(x, attention_mask) if self.causal else mean_pool(x, attention_mask))
 
 
 def attention_bias(attention_mask, T, past_len, causal):
@@ -256,6 +292,30 @@ def cache_bias(attention_mask, start, T):
     k_pos = np.arange(attention_mask.shape[1])[None, :]
     allowed = (k_pos <= q_pos)[None, None] & attention_mask.astype(bool)[:, None, None, :]
     return allowed | (k_pos == q_pos)[None, None]
+
+
+def rotary(position_ids, head_dim, theta):
+    """RoPE's (cos, sin), each (B, 1, T, head_dim), for ``position_ids`` (B, T), in float64: Hugging Face's
+    convention, the frequencies ``theta ** (-2j / head_dim)`` repeated for both halves of a head."""
+    inv_freq = 1.0 / theta ** (np.arange(0, head_dim, 2) / head_dim)
+    angles = position_ids[:, None, :, None] * inv_freq  # (B, 1, T, head_dim / 2)
+    angles = np.concatenate([angles, angles], axis=-1)
+    return np.cos(angles), np.sin(angles)
+
+
+def rotate(x, cos, sin):
+    """Rotary position embedding of heads ``x`` (B, h, T, hs): ``x * cos + rotate_half(x) * sin``, rotate_half
+    turning (x1, x2) into (-x2, x1) over the halves of each head, as Hugging Face's Llama (so its weights load)."""
+    x1, x2 = np.split(x, 2, axis=-1)
+    return x * cos + np.concatenate([-x2, x1], axis=-1) * sin
+
+
+def last_token(x, attention_mask):
+    """Hidden state of each row's last real (mask 1) token; the last position without a mask."""
+    if attention_mask is None:
+        return x[:, -1]
+    last = (np.arange(x.shape[1]) * np.asarray(attention_mask)).argmax(axis=-1)
+    return x[np.arange(x.shape[0]), last]
 
 
 def mean_pool(x, attention_mask):

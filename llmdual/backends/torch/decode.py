@@ -35,7 +35,7 @@ class Decoder(StaticDecoder):
 
     def _allocate(self, batch: int, length: int) -> KVCache:
         c = self.config
-        shape = (batch, c.n_heads, length, c.d_model // c.n_heads)
+        shape = (batch, c.kv_heads, length, c.head_dim)
         dtype = next(self.model.parameters()).dtype
         return [tuple(torch.zeros(shape, dtype=dtype, device=self.device) for _ in range(2)) for _ in range(c.n_layers)]
 

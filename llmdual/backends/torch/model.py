@@ -1,4 +1,5 @@
-"""GPT-2 in PyTorch: causal LM and classifier. Mirrors ``llmdual/backends/keras/model.py`` class for class.
+"""GPT-2 and the Llama family in PyTorch: causal LM and classifier, one block code for both (the Config picks the
+norm, MLP, positions, key/value heads and biases). Mirrors ``llmdual/backends/keras/model.py`` class for class.
 
 Module attribute names are the canonical weight names (``wte``, ``h.0.attn.c_attn``, ...), so
 ``model.get_parameter(canonical_name)`` finds every weight; only the ``[in, out]`` matrices are stored
@@ -18,69 +19,89 @@ KVCache = list[tuple[torch.Tensor, torch.Tensor]]
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with a fused qkv projection and an optional KV cache: ``past`` is grown by
-    concatenation, or with ``start`` it is a static cache whose buffers take the new keys and values in place."""
+    """Multi-head (or grouped-query: fewer key/value heads) self-attention with a fused qkv projection, rotary
+    positions when given ``rope``, and an optional KV cache: ``past`` is grown by concatenation, or with ``start``
+    it is a static cache whose buffers take the new keys and values in place."""
 
     def __init__(self, config: Config):
         super().__init__()
         C = config.d_model
-        self.n_heads = config.n_heads
-        self.c_attn = nn.Linear(C, 3 * C)
-        self.c_proj = nn.Linear(C, C)
+        self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.kv_heads, config.head_dim
+        self.c_attn = nn.Linear(C, config.qkv_width, bias=config.qkv_biased)
+        self.c_proj = nn.Linear(C, C, bias=config.attn_bias)
         self.attn_dropout = nn.Dropout(config.dropout)  # on the attention probabilities, inside SDPA
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, attn_mask=None, causal=True, past=None, start=None):
+    def forward(self, x, attn_mask=None, causal=True, past=None, start=None, rope=None):
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        q = q.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2)
-        v = v.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2)
+        kv, hs = self.n_kv_heads * self.head_dim, self.head_dim
+        q, k, v = self.c_attn(x).split([C, kv, kv], dim=2)
+        q = q.view(B, T, self.n_heads, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_kv_heads, hs).transpose(1, 2)  # (B, nkv, T, hs)
+        v = v.view(B, T, self.n_kv_heads, hs).transpose(1, 2)
+        if rope is not None:
+            q, k = rotate(q, *rope), rotate(k, *rope)
         if start is not None:
             slots = start + torch.arange(T, device=x.device)
-            k = past[0].index_copy_(2, slots, k.to(past[0].dtype)).to(q.dtype)  # (B, nh, L, hs)
+            k = past[0].index_copy_(2, slots, k.to(past[0].dtype)).to(q.dtype)  # (B, nkv, L, hs)
             v = past[1].index_copy_(2, slots, v.to(past[1].dtype)).to(q.dtype)
         elif past is not None:
-            k = torch.cat([past[0], k], dim=2)  # (B, nh, T_past + T, hs)
+            k = torch.cat([past[0], k], dim=2)  # (B, nkv, T_past + T, hs)
             v = torch.cat([past[1], v], dim=2)
         dropout_p = self.attn_dropout.p if self.training else 0.0  # SDPA drops the probabilities itself
+        gqa = self.n_kv_heads != self.n_heads  # SDPA shares each key/value head among its group of query heads
         if attn_mask is None:
             # No padding: the fused causal kernel without a cache; a single new token with a cache needs no mask
             # at all. Decided by the cache, never by T, so a compiled graph keeps the sequence length dynamic.
             is_causal = causal and past is None
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=is_causal)
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=is_causal, enable_gqa=gqa)
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, enable_gqa=gqa)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads side by side
         return self.resid_dropout(self.c_proj(y)), (k, v)
 
 
 class MLP(nn.Module):
-    """Position-wise feed-forward: c_fc, GELU (tanh approximation, as GPT-2), c_proj."""
+    """Position-wise feed-forward: c_fc, GELU (tanh approximation, as GPT-2) or SwiGLU (c_fc's gate and up halves:
+    ``silu(gate) * up``, as Llama), c_proj."""
 
     def __init__(self, config: Config):
         super().__init__()
-        self.c_fc = nn.Linear(config.d_model, config.d_ff)
-        self.c_proj = nn.Linear(config.d_ff, config.d_model)
+        self.swiglu = config.mlp == "swiglu"
+        self.c_fc = nn.Linear(config.d_model, config.fc_width, bias=config.mlp_bias)
+        self.c_proj = nn.Linear(config.d_ff, config.d_model, bias=config.mlp_bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+        h = self.c_fc(x)
+        if self.swiglu:
+            gate, up = h.chunk(2, dim=-1)
+            h = F.silu(gate) * up
+        else:
+            h = F.gelu(h, approximate="tanh")
+        return self.dropout(self.c_proj(h))
+
+
+def norm(config: Config) -> nn.Module:
+    """The config's normalisation: LayerNorm (GPT-2) or RMSNorm (Llama)."""
+    if config.norm == "rms":
+        return nn.RMSNorm(config.d_model, eps=config.norm_eps)
+    return nn.LayerNorm(config.d_model, eps=config.norm_eps)
 
 
 class Block(nn.Module):
-    """Pre-LayerNorm transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+    """Pre-norm transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
 
     def __init__(self, config: Config):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.d_model, eps=config.norm_eps)
+        self.ln_1 = norm(config)
         self.attn = Attention(config)
-        self.ln_2 = nn.LayerNorm(config.d_model, eps=config.norm_eps)
+        self.ln_2 = norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x, attn_mask=None, causal=True, past=None, start=None):
+    def forward(self, x, attn_mask=None, causal=True, past=None, start=None, rope=None):
         """Block output, its (k, v) cache, and the residual stream between attention and MLP (for tracing)."""
-        a, present = self.attn(self.ln_1(x), attn_mask=attn_mask, causal=causal, past=past, start=start)
+        a, present = self.attn(self.ln_1(x), attn_mask=attn_mask, causal=causal, past=past, start=start, rope=rope)
         mid = x + a
         return mid + self.mlp(self.ln_2(mid)), present, mid
 
@@ -95,10 +116,11 @@ class Transformer(nn.Module):
         super().__init__()
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.d_model)
-        self.wpe = nn.Embedding(config.max_seq_len, config.d_model)
+        if config.positions == "learned":
+            self.wpe = nn.Embedding(config.max_seq_len, config.d_model)
         self.drop = nn.Dropout(config.dropout)
         self.h = nn.ModuleList([Block(config) for _ in range(config.n_layers)])
-        self.ln_f = nn.LayerNorm(config.d_model, eps=config.norm_eps)
+        self.ln_f = norm(config)
 
     def check_inputs(self, input_ids, attention_mask=None, past=None, position_ids=None) -> None:
         """Refuse bad ids, mask or length with ``llmdual.core.validate`` (eager only: traced values are unknown)."""
@@ -118,13 +140,18 @@ class Transformer(nn.Module):
             attn_mask = cache_bias(attention_mask, start, T)
         if position_ids is None:
             position_ids = (past_len + torch.arange(T, device=input_ids.device)).unsqueeze(0)
-        x = self.drop(self.wte(input_ids) + self.wpe(position_ids))
+        rope = None
+        if self.config.positions == "learned":
+            x = self.drop(self.wte(input_ids) + self.wpe(position_ids))
+        else:
+            x = self.drop(self.wte(input_ids))
+            rope = rotary(position_ids, self.config.head_dim, self.config.rope_theta, x.dtype)
         if trace is not None:
             trace.append(x)
         present = []
         for i, block in enumerate(self.h):
             x, kv, mid = block(x, attn_mask=attn_mask, causal=self.causal, past=None if past is None else past[i],
-                               start=start)
+                               start=start, rope=rope)
             present.append(kv)
             if trace is not None:
                 trace += [mid, x]
@@ -156,7 +183,7 @@ class GPT(Transformer):
     def forward_cached(self, input_ids, past_key_values=None, attention_mask=None, position_ids=None):
         """Logits of the new tokens and the cache extended by them.
 
-        ``past_key_values`` is a list of per-layer ``(k, v)``, each (B, n_heads, T_past, head_dim);
+        ``past_key_values`` is a list of per-layer ``(k, v)``, each (B, kv_heads, T_past, head_dim);
         ``attention_mask`` (B, T_past + T) marks real tokens among past and new ones.
         """
         x, present = self.hidden(input_ids, attention_mask, past_key_values, position_ids)
@@ -165,7 +192,7 @@ class GPT(Transformer):
     def forward_static(self, input_ids, cache, start, attention_mask, position_ids):
         """Logits of the last new token (B, vocab_size) and the static cache holding the new tokens too.
 
-        ``cache``: per-layer ``(k, v)`` buffers (B, n_heads, L, head_dim), written in place at slots ``start``
+        ``cache``: per-layer ``(k, v)`` buffers (B, kv_heads, L, head_dim), written in place at slots ``start``
         (a 0-d int tensor) onwards; ``attention_mask`` (B, L) marks real tokens among the slots (unwritten slots
         are never attended); ``position_ids`` (B, T). Inputs are not validated here: the decoder checks them.
         """
@@ -174,19 +201,21 @@ class GPT(Transformer):
 
 
 class Classifier(Transformer):
-    """Sequence classifier: bidirectional blocks, mean pooling over real tokens, linear ``score`` head."""
+    """Sequence classifier, linear ``score`` head over pooled states: bidirectional blocks and mean pooling over
+    real tokens (``pooling="mean"``), or causal blocks and the last real token (``"last"``, as Llama's)."""
 
     task = "classifier"
     causal = False
 
     def __init__(self, config: Config):
         super().__init__(config)
-        self.score = nn.Linear(config.d_model, config.num_classes)
+        self.causal = config.pooling == "last"
+        self.score = nn.Linear(config.d_model, config.num_classes, bias=not self.causal)
 
     def forward(self, input_ids, attention_mask=None):
         """Class logits (B, num_classes)."""
         x, _ = self.hidden(input_ids, attention_mask)
-        return self.score(mean_pool(x, attention_mask))
+        return self.score(last_token(x, attention_mask) if self.causal else mean_pool(x, attention_mask))
 
 
 def attention_bias(attention_mask, T, past_len, causal):
@@ -213,6 +242,31 @@ def cache_bias(attention_mask, start, T):
     k_pos = torch.arange(attention_mask.shape[1], device=attention_mask.device).unsqueeze(0)
     allowed = (k_pos <= q_pos)[None, None] & attention_mask.bool()[:, None, None, :]
     return allowed | (k_pos == q_pos)[None, None]
+
+
+def rotary(position_ids, head_dim, theta, dtype):
+    """RoPE's (cos, sin), each (B, 1, T, head_dim), for ``position_ids`` (B, T): Hugging Face's convention, the
+    frequencies ``theta ** (-2j / head_dim)`` computed in float32 and repeated for both halves of a head."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=position_ids.device).float() / head_dim))
+    angles = position_ids[:, None, :, None].float() * inv_freq  # (B, 1, T, head_dim / 2)
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def rotate(x, cos, sin):
+    """Rotary position embedding of heads ``x`` (B, h, T, hs): ``x * cos + rotate_half(x) * sin``, rotate_half
+    turning (x1, x2) into (-x2, x1) over the halves of each head, as Hugging Face's Llama (so its weights load)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
+def last_token(x, attention_mask):
+    """Hidden state of each row's last real (mask 1) token; the last position without a mask."""
+    if attention_mask is None:
+        return x[:, -1]
+    positions = torch.arange(x.shape[1], device=x.device)
+    last = (positions * attention_mask.to(positions.dtype)).argmax(dim=-1)
+    return x[torch.arange(x.shape[0], device=x.device), last]
 
 
 def mean_pool(x, attention_mask):

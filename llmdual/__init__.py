@@ -1,4 +1,5 @@
-"""llmdual: the same GPT-2-style transformer in PyTorch and Keras 3, with shared weights and proven parity."""
+"""llmdual: the same decoder-only transformer (GPT-2 and the Llama family) in PyTorch and Keras 3, with shared
+weights and proven parity."""
 
 from llmdual.api import build, forward, get_weights, load, save, set_weights
 from llmdual.contract import backend_name, backend_of
@@ -9,6 +10,7 @@ from llmdual.core.weights import from_hf_gpt2, init_weights, to_hf_gpt2
 from llmdual.evaluate import evaluate
 from llmdual.export import export
 from llmdual.generate import generate
+from llmdual.hf import from_hf, to_hf
 from llmdual.lora import add_lora, load_lora, merge_lora, save_lora, save_lora_peft
 from llmdual.quantize import quantize
 from llmdual.training import train
@@ -37,6 +39,7 @@ __all__ = [
     "export",
     "export_onnx",
     "forward",
+    "from_hf",
     "from_hf_gpt2",
     "generate",
     "get_weights",
@@ -49,6 +52,7 @@ __all__ = [
     "save_lora",
     "save_lora_peft",
     "set_weights",
+    "to_hf",
     "to_hf_gpt2",
     "train",
 ]

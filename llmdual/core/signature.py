@@ -45,8 +45,8 @@ def signature(config: Config, task: str, kv_cache: bool = False) -> Signature:
     outputs: dict[str, Axes] = {"logits": logits_axes}
     for i in range(config.n_layers):
         for part in ("key", "value"):
-            inputs[f"past.{i}.{part}"] = ("batch", config.n_heads, "past_sequence", config.head_dim)
-            outputs[f"present.{i}.{part}"] = ("batch", config.n_heads, "total_sequence", config.head_dim)
+            inputs[f"past.{i}.{part}"] = ("batch", config.kv_heads, "past_sequence", config.head_dim)
+            outputs[f"present.{i}.{part}"] = ("batch", config.kv_heads, "total_sequence", config.head_dim)
     return Signature(inputs, outputs, True)
 
 
@@ -76,7 +76,7 @@ def step_feeds(
     ``past`` as ``[k0, v0, k1, v1, ...]`` or None for an empty cache (a prefill)."""
     B, T = input_ids.shape
     if past is None:
-        past = [np.zeros((B, config.n_heads, 0, config.head_dim), np.float32)] * (2 * config.n_layers)
+        past = [np.zeros((B, config.kv_heads, 0, config.head_dim), np.float32)] * (2 * config.n_layers)
     feeds = {
         "input_ids": np.asarray(input_ids, np.int64),
         "attention_mask": np.asarray(attention_mask, np.int64),

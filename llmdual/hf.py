@@ -55,10 +55,11 @@ def read_folder(folder: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     return json.loads(config_file.read_text()), state
 
 
-def to_hf(model: Any, folder: str | Path) -> Path:
+def to_hf(model: Any, folder: str | Path, overwrite: bool = False) -> Path:
     """Write ``model`` (a task ``lm`` model of any backend) as a Hugging Face folder: ``config.json`` and
     ``model.safetensors`` for ``GPT2LMHeadModel``, ``LlamaForCausalLM`` or ``Qwen2ForCausalLM`` (whichever
-    computes what its Config does); written to a temporary folder and renamed into place."""
+    computes what its Config does); written to a temporary folder and renamed into place. A folder holding other
+    files is refused unless ``overwrite`` (then only this export's own files are replaced)."""
     if model.task != "lm":
         raise ValueError(f"to_hf writes causal LMs; this model's task is {model.task!r}")
     config = model.config
@@ -76,4 +77,4 @@ def to_hf(model: Any, folder: str | Path) -> Path:
                   metadata={"format": "pt"})  # transformers reads only files marked with a framework
         (Path(tmp) / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
 
-    return atomic_write_dir(folder, write)
+    return atomic_write_dir(folder, write, "hf-pretrained", overwrite)

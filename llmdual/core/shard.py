@@ -27,10 +27,18 @@ FAIL_RANK, FAIL_STEP = "LLMDUAL_FAIL_RANK", "LLMDUAL_FAIL_STEP"
 FAIL_EXIT_CODE = 17
 
 
+def check_degree(data_parallel: int, unit: str = "") -> int:
+    """``data_parallel`` if it is an integer >= 1, else a one-line ``ValueError`` (``unit``: what it counts, e.g.
+    ranks or replicas, named in the message)."""
+    if isinstance(data_parallel, bool) or not isinstance(data_parallel, int) or data_parallel < 1:
+        counted = f" ({unit})" if unit else ""
+        raise ValueError(f"data_parallel must be an integer >= 1{counted}, got {data_parallel!r}")
+    return data_parallel
+
+
 def check_world(batch_size: int, grad_accum: int, world: int) -> int:
     """``world`` if every micro-batch of ``batch_size // grad_accum`` rows splits into ``world`` equal shards."""
-    if isinstance(world, bool) or not isinstance(world, int) or world < 1:
-        raise ValueError(f"data_parallel must be an integer >= 1, got {world!r}")
+    check_degree(world)
     problem = shard_problem(batch_size, grad_accum, world)
     if problem:
         raise ValueError(problem)

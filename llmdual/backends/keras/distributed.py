@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import keras
 
 from llmdual.core.recipe import Batch, TrainConfig
-from llmdual.core.shard import check_launched, rank_major
+from llmdual.core.shard import check_degree, check_launched, rank_major
 
 # Keras on the torch backend has no data parallelism of its own: keras/src/backend/__init__.py sets
 # distribution_lib = None for it (Keras 3.15), so keras.distribution cannot place anything there.
@@ -31,11 +31,6 @@ def _how(data_parallel: int) -> str:
             f"this)")
 
 
-def _check_degree(data_parallel: int) -> None:
-    """``ValueError`` in one line unless ``data_parallel`` is an integer >= 1."""
-    if isinstance(data_parallel, bool) or not isinstance(data_parallel, int) or data_parallel < 1:
-        raise ValueError(f"data_parallel must be an integer >= 1 (replicas), got {data_parallel!r}")
-
 
 @contextlib.contextmanager
 def scope(data_parallel: int) -> Iterator[None]:
@@ -43,7 +38,7 @@ def scope(data_parallel: int) -> Iterator[None]:
     that many devices (first joining the other processes, if ``KERAS_DISTRIBUTION_*`` names several), TensorFlow
     enters a ``MirroredStrategy`` over that many GPUs, or logical CPU devices (split here, so before TensorFlow
     initialises), or ``MultiWorkerMirroredStrategy`` over the workers ``TF_CONFIG`` names."""
-    _check_degree(data_parallel)
+    check_degree(data_parallel, "replicas")
     if data_parallel == 1:
         yield
         return

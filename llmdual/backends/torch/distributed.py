@@ -18,7 +18,7 @@ from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
 from llmdual.core.recipe import Batch, TrainConfig
-from llmdual.core.shard import TORCH_DP, TORCH_DP_MODES, check_launched, rank_and_world, shard
+from llmdual.core.shard import TORCH_DP, TORCH_DP_MODES, check_degree, check_launched, rank_and_world, shard
 
 
 def _how(data_parallel: int) -> str:
@@ -27,18 +27,13 @@ def _how(data_parallel: int) -> str:
             f"data_parallel={data_parallel} ... (or llmdual train alone, which launches torchrun)")
 
 
-def _check_degree(data_parallel: int) -> None:
-    """``ValueError`` in one line unless ``data_parallel`` is an integer >= 1."""
-    if isinstance(data_parallel, bool) or not isinstance(data_parallel, int) or data_parallel < 1:
-        raise ValueError(f"data_parallel must be an integer >= 1 (ranks), got {data_parallel!r}")
-
 
 @contextlib.contextmanager
 def scope(data_parallel: int) -> Iterator[None]:
     """Join the process group torchrun's environment describes (gloo on CPU, nccl on CUDA; one GPU per local
     rank) for a ``data_parallel``-rank run, and leave it afterwards; nothing to do for one rank or when the
     caller has joined already."""
-    _check_degree(data_parallel)
+    check_degree(data_parallel, "ranks")
     if data_parallel == 1 or dist.is_initialized():
         yield
         return

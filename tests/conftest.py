@@ -14,6 +14,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import numpy as np
 import pytest
 
+import llmdual
 from llmdual.api import build
 from llmdual.contract import backends, info
 from llmdual.core.config import Config
@@ -79,3 +80,15 @@ def models(config):
     export test exports and compares."""
     exporting = [b for b in backends() if info(b).offers("onnx") or info(b).offers("native-export")]
     return {(b, t): build(config, b, t, weights=export_weights(config, t)) for b in exporting for t in TASKS}
+
+
+SERVE_TEXT = ["def add(a, b):\n    return a + b\n", "for i in range(10):\n    print(i)\n", "class A:\n    pass\n"] * 20
+
+
+@pytest.fixture(scope="module")
+def serve_files(tmp_path_factory):
+    """The server tests' model file, tokenizer file, model and tokenizer (the tokenizer fits the model)."""
+    folder = tmp_path_factory.mktemp("serve")
+    tok = llmdual.Tokenizer.train(SERVE_TEXT, vocab_size=300)
+    model = llmdual.build(llmdual.Config.preset("tiny", vocab_size=tok.vocab_size), "torch", seed=0)
+    return llmdual.save(model, folder / "m.safetensors"), tok.save(folder / "tokenizer.json"), model, tok

@@ -20,16 +20,6 @@ from llmdual.serve.load import LoadOptions, free_port, run_load
 from llmdual.serve.output import Completion
 from llmdual.serve.schema import ApiError
 
-TEXT = ["def add(a, b):\n    return a + b\n", "for i in range(10):\n    print(i)\n", "class A:\n    pass\n"] * 20
-
-
-@pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("serve")
-    tok = llmdual.Tokenizer.train(TEXT, vocab_size=300)
-    model = llmdual.build(llmdual.Config.preset("tiny", vocab_size=tok.vocab_size), "torch", seed=0)
-    return llmdual.save(model, folder / "m.safetensors"), tok.save(folder / "tokenizer.json"), model, tok
-
 
 class Server:
     """uvicorn in a thread on a free port; ``stop()`` is uvicorn's graceful shutdown."""
@@ -53,8 +43,8 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def server(files):
-    path, tok_path, _, _ = files
+def server(serve_files):
+    path, tok_path, _, _ = serve_files
     s = Server(create_app(load_engine(path, "torch", tok_path), ServeOptions(max_wait_s=0.05)))
     yield s
     s.stop()
@@ -79,8 +69,8 @@ async def _stream(client, url, body):
     return chunks
 
 
-def test_mixed_concurrent_requests_match_single_requests(server, files):
-    _, _, model, tok = files
+def test_mixed_concurrent_requests_match_single_requests(server, serve_files):
+    _, _, model, tok = serve_files
     rng = np.random.default_rng(1)
     bodies = [{"prompt": rng.integers(0, tok.vocab_size, int(rng.integers(1, 20))).tolist(),
                "max_tokens": int(rng.integers(1, 24)), "temperature": 0} for _ in range(10)]
@@ -98,7 +88,7 @@ def test_mixed_concurrent_requests_match_single_requests(server, files):
         assert status == 200, answer
         ids = tok.encode(body["prompt"]) if isinstance(body["prompt"], str) else body["prompt"]
         kw = {k: body[k] for k in ("temperature", "top_k", "seed") if k in body}
-        expected = _single(files[2], tok, ids, body["max_tokens"], **kw)
+        expected = _single(serve_files[2], tok, ids, body["max_tokens"], **kw)
         choice = answer["choices"][0]
         assert choice["token_ids"] == expected, body
         assert choice["text"] == tok.decode(expected)
@@ -112,8 +102,8 @@ def test_mixed_concurrent_requests_match_single_requests(server, files):
     assert health["status"] == "ok" and health["batches"] >= 1
 
 
-def test_batch_composition_never_changes_greedy_tokens(files):
-    path, tok_path, model, tok = files
+def test_batch_composition_never_changes_greedy_tokens(serve_files):
+    path, tok_path, model, tok = serve_files
     engine = load_engine(path, "torch", tok_path)
     prompts = [[1], list(range(2, 40)), [7, 7, 7, 7], list(range(100, 110))]
     budgets = [20, 3, 12, 1]
@@ -130,8 +120,8 @@ def test_batch_composition_never_changes_greedy_tokens(files):
         assert together[i] == reversed_[i] == expected
 
 
-def test_stop_strings_cut_the_text(server, files):
-    _, _, model, tok = files
+def test_stop_strings_cut_the_text(server, serve_files):
+    _, _, model, tok = serve_files
     full = tok.decode(_single(model, tok, [40, 41, 42], 24))
     k = next(i for i in range(1, len(full) - 1) if "\ufffd" not in full[i:i + 2])
     stop = full[k:k + 2]
@@ -194,8 +184,8 @@ def test_models_endpoint(server):
     assert status == 404 and answer["error"]["param"] == "model"
 
 
-def test_full_queue_answers_429(files):
-    path, _, _, _ = files
+def test_full_queue_answers_429(serve_files):
+    path, _, _, _ = serve_files
     engine = load_engine(path, "torch")
 
     async def submit_two():
@@ -210,8 +200,8 @@ def test_full_queue_answers_429(files):
     assert err.status == 429 and err.body()["error"]["type"] == "rate_limit_error"
 
 
-def test_timeout_answers_504_and_server_lives_on(files):
-    path, _, _, _ = files
+def test_timeout_answers_504_and_server_lives_on(serve_files):
+    path, _, _, _ = serve_files
     s = Server(create_app(load_engine(path, "torch"), ServeOptions(timeout_s=0.0)))
     try:
         for stream in (False, True):
@@ -222,8 +212,8 @@ def test_timeout_answers_504_and_server_lives_on(files):
         s.stop()
 
 
-def test_graceful_shutdown_finishes_running_requests(files):
-    path, _, model, _ = files
+def test_graceful_shutdown_finishes_running_requests(serve_files):
+    path, _, model, _ = serve_files
     s = Server(create_app(load_engine(path, "torch"), ServeOptions()))
     tokens: list[int] = []
     with httpx.stream("POST", f"{s.url}/v1/completions",
@@ -238,9 +228,9 @@ def test_graceful_shutdown_finishes_running_requests(files):
     assert not s.thread.is_alive()
 
 
-def test_a_bounded_load_run_answers_every_request(files):
+def test_a_bounded_load_run_answers_every_request(serve_files):
     """serve_load's driver against a real ``llmdual serve`` subprocess: 2 clients x 3 streamed requests, bounded."""
-    path = files[0]
+    path = serve_files[0]
     options = LoadOptions(clients=2, requests=3, max_tokens=4, time_limit_s=60.0)
     result = run_load(path, "torch", options)
     summary = result.summary()

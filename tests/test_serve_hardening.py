@@ -21,29 +21,20 @@ from llmdual.cli import main as cli_main
 from llmdual.serve import ServeOptions, create_app, load_engine
 from llmdual.serve.load import ServerProcess
 
-TEXT = ["def add(a, b):\n    return a + b\n", "for i in range(10):\n    print(i)\n", "class A:\n    pass\n"] * 20
 BOUND_S = 2.0  # /health and a 2-token request: milliseconds when idle; the old server took 3.5 s to 53 s
 JSON_TYPE = {"content-type": "application/json"}
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("hardening")
-    tok = llmdual.Tokenizer.train(TEXT, vocab_size=300)
-    model = llmdual.build(llmdual.Config.preset("tiny", vocab_size=tok.vocab_size), "torch", seed=0)
-    return llmdual.save(model, folder / "m.safetensors"), tok.save(folder / "tokenizer.json"), model, tok
-
-
-@pytest.fixture(scope="module")
-def server(files):
-    s = Server(create_app(load_engine(files[0], "torch", files[1]), ServeOptions(max_wait_s=0.0)))
+def server(serve_files):
+    s = Server(create_app(load_engine(serve_files[0], "torch", serve_files[1]), ServeOptions(max_wait_s=0.0)))
     yield s
     s.stop()
 
 
 @pytest.fixture(scope="module")
-def client(files):
-    with TestClient(create_app(load_engine(files[0], "torch", files[1]), ServeOptions(max_wait_s=0.0))) as c:
+def client(serve_files):
+    with TestClient(create_app(load_engine(serve_files[0], "torch", serve_files[1]), ServeOptions(max_wait_s=0.0))) as c:
         yield c
 
 
@@ -52,10 +43,10 @@ def client(files):
 
 @pytest.mark.parametrize("mb,limit_lifted", [(3, False), (1, True)], ids=["refused-before-tokenising",
                                                                          "tokenised-off-the-loop"])
-def test_health_and_small_requests_answer_within_bound_while_a_huge_prompt_is_in_flight(files, mb, limit_lifted):
+def test_health_and_small_requests_answer_within_bound_while_a_huge_prompt_is_in_flight(serve_files, mb, limit_lifted):
     """3 MB of text (under the 4 MB body limit) is refused by its length alone; with that check lifted, 1 MB is
     tokenised (seconds) in a worker thread. Either way other clients wait less than ``BOUND_S``."""
-    engine = load_engine(files[0], "torch", files[1])
+    engine = load_engine(serve_files[0], "torch", serve_files[1])
     if limit_lifted:
         engine.max_prompt_chars = 10**9
     s = Server(create_app(engine, ServeOptions(max_wait_s=0.0)))
@@ -150,8 +141,8 @@ def _shifted(tok: llmdual.Tokenizer, shift: int, path) -> llmdual.Tokenizer:
 
 
 @pytest.mark.parametrize("case", ["ids-shifted", "model-vocab-larger", "model-vocab-smaller"])
-def test_a_tokenizer_that_does_not_fit_its_model_is_refused(files, tmp_path, case):
-    _, tok_path, _, tok = files
+def test_a_tokenizer_that_does_not_fit_its_model_is_refused(serve_files, tmp_path, case):
+    _, tok_path, _, tok = serve_files
     n = tok.vocab_size
     if case == "ids-shifted":
         tok_path = tmp_path / "tokenizer.json"
@@ -169,27 +160,27 @@ def test_a_tokenizer_that_does_not_fit_its_model_is_refused(files, tmp_path, cas
 # llmdual serve fails in one line
 
 
-def test_serve_with_a_bad_port_fails_in_one_line(files, capsys):
+def test_serve_with_a_bad_port_fails_in_one_line(serve_files, capsys):
     with pytest.raises(SystemExit) as exit_:
-        cli_main(["serve", str(files[0]), "--port", "99999"])
+        cli_main(["serve", str(serve_files[0]), "--port", "99999"])
     err = capsys.readouterr().err
     assert exit_.value.code == 2
     assert err.count("\n") == 1 and "--port" in err and "99999" in err and "Traceback" not in err
 
 
-def test_serve_on_a_port_in_use_fails_in_one_line(files, capsys):
+def test_serve_on_a_port_in_use_fails_in_one_line(serve_files, capsys):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        code = cli_main(["serve", str(files[0]), "--port", str(port)])
+        code = cli_main(["serve", str(serve_files[0]), "--port", str(port)])
     err = capsys.readouterr().err
     assert code == 1
     assert err.count("\n") == 1 and f"127.0.0.1:{port}" in err and "Traceback" not in err
 
 
-def test_serve_logs_one_start_up_line(files):
-    path, tok_path, _, _ = files
+def test_serve_logs_one_start_up_line(serve_files):
+    path, tok_path, _, _ = serve_files
     with ServerProcess(path, "torch", tok_path) as s:
         assert httpx.get(f"{s.url}/health").status_code == 200
     lines = s.proc.stdout.read().splitlines()

@@ -14,7 +14,7 @@ from typing import Any
 from llmdual.bench.engines.table import ENGINES, LLMDUAL_ENGINES, unsupported
 from llmdual.bench.report.results import WORKLOADS, Record
 from llmdual.bench.report.verdict import PRIORITIES
-from llmdual.core.config import PRESETS, Config
+from llmdual.core.config import PRESETS, Config, check_fields
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # --precision -> the compute dtype
 DEVICES = ("auto", "cpu", "cuda")
@@ -126,10 +126,7 @@ class BenchSettings:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BenchSettings:
         """The settings ``to_dict`` wrote, validated again; ``ValueError`` naming unknown fields."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown BenchSettings fields {unknown}; allowed: {sorted(known)}")
+        check_fields(cls, data)
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
         if values.get("config_override") is not None:
             values["config_override"] = Config.from_dict(values["config_override"])

@@ -7,6 +7,7 @@ import json
 import math
 import numbers
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -184,10 +185,7 @@ class Config:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Config:
         """Build from a dict, rejecting unknown keys by name."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown Config fields {unknown}; allowed: {sorted(known)}")
+        check_fields(cls, data)
         return cls(**data)
 
     def to_json(self) -> str:
@@ -264,3 +262,11 @@ def total_memory_bytes() -> int | None:
     except OSError:
         pass
     return None
+
+
+def check_fields(cls: type, data: Mapping[str, Any]) -> None:
+    """``ValueError`` naming the keys of ``data`` that are not fields of dataclass ``cls``, and the allowed ones."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields {unknown}; allowed: {sorted(known)}")
